@@ -1,0 +1,265 @@
+"""The result-backend contract: key-value primitives below, Celery's record logic above, once.
+
+A driver implements ``KeyValueStore`` (get/mget/set/delete/incr/wait_for_change/cleanup/close).
+``ResultBackend`` turns task states into Celery's ``celery-task-meta-<id>`` records on top of any
+store: serialisation with ``result_serializer``, "a SUCCESS is never overwritten", waiting for a
+ready state, group records (``celery-taskset-meta-<id>``), expiry (``result_expires``).
+
+``AsyncResultBackend`` is the worker's view (records written in batches per loop turn);
+``ThreadedAsyncBackend`` adapts a synchronous store by running it on one I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from celeriac import states
+from celeriac.exceptions import DecodeError, TimeoutError
+from celeriac.protocol import serialization
+from celeriac.protocol.result_meta import (
+    ResultMeta,
+    group_key,
+    meta_from_dict,
+    meta_to_dict,
+    task_key,
+)
+
+DEFAULT_RESULT_EXPIRES = 86400.0
+
+
+class KeyValueStore(ABC):
+    """The primitives a result-backend driver implements. Values are bytes; keys are str."""
+
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.options: dict[str, Any] = dict(options or {})
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None: ...
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self.get(k) for k in keys]
+
+    @abstractmethod
+    def set(self, key: str, value: bytes, expires: float | None) -> None:
+        """Store ``value``; it disappears ``expires`` seconds from now (never when None)."""
+
+    def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        """Several sets in one round trip where the driver can."""
+        for key, value, expires in items:
+            self.set(key, value, expires)
+
+    @abstractmethod
+    def delete(self, keys: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def incr(self, key: str, amount: int = 1, expires: float | None = None) -> int:
+        """Atomically add ``amount`` to an integer counter (missing = 0); returns the new value."""
+
+    def wait_for_change(self, key: str, previous: bytes | None, timeout: float) -> bytes | None:
+        """Block until ``key`` holds something other than ``previous`` or ``timeout`` passes;
+        returns the current value. The default polls with backoff; drivers with notifications
+        (Redis pub/sub, in-process conditions) override it.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            value = self.get(key)
+            if value != previous:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return value
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
+
+    def cleanup(self) -> int:
+        """Remove expired records; returns how many. Drivers with native expiry return 0."""
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections/files. Idempotent."""
+
+    def describe(self) -> str:
+        from celeriac._internal.urls import redact_url
+
+        return redact_url(self.url)
+
+
+class ResultBackend:
+    """Celery's result records on top of a ``KeyValueStore``."""
+
+    def __init__(
+        self,
+        store: KeyValueStore,
+        *,
+        serializer: str = "json",
+        accept: Iterable[str] | None = None,
+        expires: float | None = DEFAULT_RESULT_EXPIRES,
+        key_prefix: str = "",
+        extended: bool = False,
+    ) -> None:
+        self.store = store
+        self.serializer = serializer
+        self.accept = list(accept) if accept is not None else None
+        self.expires = expires
+        self.key_prefix = key_prefix
+        self.extended = extended
+
+    # -- encoding ------------------------------------------------------------------------------
+    def key_for(self, task_id: str) -> str:
+        return self.key_prefix + task_key(task_id)
+
+    def group_key_for(self, group_id: str) -> str:
+        return self.key_prefix + group_key(group_id)
+
+    def encode_meta(self, meta: ResultMeta) -> bytes:
+        _, _, payload = serialization.dumps(meta_to_dict(meta), self.serializer)
+        return payload
+
+    def decode_meta(self, task_id: str, payload: bytes) -> ResultMeta:
+        content_type, encoding, _ = serialization.dumps(None, self.serializer)
+        data = serialization.loads(payload, content_type, encoding, accept=self.accept)
+        if not isinstance(data, dict):
+            raise DecodeError(f"result record of {task_id} is not a mapping", field="meta")
+        return meta_from_dict(data)
+
+    def pending(self, task_id: str) -> ResultMeta:
+        return ResultMeta(task_id=task_id, status=states.PENDING, children=[])
+
+    # -- writing -------------------------------------------------------------------------------
+    def store_result(self, meta: ResultMeta) -> None:
+        """Write ``meta`` unless a SUCCESS is already stored for that task."""
+        self.store_many([meta])
+
+    def store_many(self, metas: Sequence[ResultMeta]) -> None:
+        if not metas:
+            return
+        keys = [self.key_for(m.task_id) for m in metas]
+        current = self.store.mget(keys)
+        items: list[tuple[str, bytes, float | None]] = []
+        for key, meta, existing in zip(keys, metas, current, strict=True):
+            if existing is not None and meta.status != states.SUCCESS:
+                try:
+                    if self.decode_meta(meta.task_id, existing).status == states.SUCCESS:
+                        continue
+                except DecodeError:
+                    pass
+            items.append((key, self.encode_meta(meta), self.expires))
+        self.store.set_many(items)
+
+    def forget(self, task_id: str) -> None:
+        self.store.delete([self.key_for(task_id)])
+
+    # -- reading -------------------------------------------------------------------------------
+    def get_meta(self, task_id: str) -> ResultMeta:
+        payload = self.store.get(self.key_for(task_id))
+        return self.pending(task_id) if payload is None else self.decode_meta(task_id, payload)
+
+    def get_many(self, task_ids: Sequence[str]) -> list[ResultMeta]:
+        payloads = self.store.mget([self.key_for(t) for t in task_ids])
+        return [
+            self.pending(t) if p is None else self.decode_meta(t, p)
+            for t, p in zip(task_ids, payloads, strict=True)
+        ]
+
+    def wait_for(
+        self, task_id: str, timeout: float | None = None, interval: float = 0.5
+    ) -> ResultMeta:
+        """Block until the task is in a ready state; ``TimeoutError`` after ``timeout``."""
+        key = self.key_for(task_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        payload = self.store.get(key)
+        while True:
+            if payload is not None:
+                meta = self.decode_meta(task_id, payload)
+                if meta.status in states.READY_STATES:
+                    return meta
+            if deadline is None:
+                step = 5.0
+            else:
+                step = deadline - time.monotonic()
+                if step <= 0:
+                    raise TimeoutError(f"The operation timed out waiting for task {task_id}")
+                step = min(step, 5.0)
+            payload = self.store.wait_for_change(key, payload, step)
+
+    # -- groups --------------------------------------------------------------------------------
+    def save_group(self, group_id: str, result_ids: Sequence[str]) -> None:
+        value = {"result": [[group_id, None], [[[tid, None], None] for tid in result_ids]]}
+        _, _, payload = serialization.dumps(value, self.serializer)
+        self.store.set(self.group_key_for(group_id), payload, self.expires)
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        payload = self.store.get(self.group_key_for(group_id))
+        if payload is None:
+            return None
+        content_type, encoding, _ = serialization.dumps(None, self.serializer)
+        data = serialization.loads(payload, content_type, encoding, accept=self.accept)
+        try:
+            return [str(item[0][0]) for item in data["result"][1]]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise DecodeError(f"group record {group_id} is malformed", field="result") from exc
+
+    def delete_group(self, group_id: str) -> None:
+        self.store.delete([self.group_key_for(group_id)])
+
+    def cleanup(self) -> int:
+        return self.store.cleanup()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+
+class AsyncResultBackend:
+    """The worker's view of a ``ResultBackend``: the same calls, awaited, run on one I/O thread.
+
+    Drivers with native async clients may subclass and override.
+    """
+
+    def __init__(self, backend: ResultBackend) -> None:
+        self.sync = backend
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, "celeriac-results")
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, func, *args)
+
+    async def store_many(self, metas: Sequence[ResultMeta]) -> None:
+        if metas:
+            await self._run(self.sync.store_many, list(metas))
+
+    async def get_meta(self, task_id: str) -> ResultMeta:
+        meta: ResultMeta = await self._run(self.sync.get_meta, task_id)
+        return meta
+
+    async def incr(self, key: str, amount: int = 1) -> int:
+        value: int = await self._run(self.sync.store.incr, key, amount, self.sync.expires)
+        return value
+
+    async def cleanup(self) -> int:
+        removed: int = await self._run(self.sync.cleanup)
+        return removed
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def describe(self) -> str:
+        return self.sync.describe()
+
+
+def now_utc() -> datetime:
+    from celeriac._internal.timeutils import utcnow
+
+    return utcnow()
