@@ -76,3 +76,43 @@ def top() -> tuple[Any, Context] | None:
     """``(task, request)`` of the innermost running task, or None."""
     stack = _STACK.get()
     return stack[-1] if stack else None
+
+
+def from_message(
+    message: Any,
+    *,
+    hostname: str | None = None,
+    delivery_info: dict[str, Any] | None = None,
+    is_eager: bool = False,
+) -> Context:
+    """The ``Context`` for running the decoded ``TaskMessage`` ``message``."""
+    return Context(
+        id=message.id,
+        task=message.task,
+        args=tuple(message.args),
+        kwargs=dict(message.kwargs),
+        retries=message.retries,
+        eta=message.eta,
+        expires=message.expires,
+        is_eager=is_eager,
+        called_directly=False,
+        hostname=hostname,
+        root_id=message.root_id or message.id,
+        parent_id=message.parent_id,
+        group=message.group,
+        group_index=message.group_index,
+        chord=message.chord,
+        chain=message.chain,
+        callbacks=message.callbacks,
+        errbacks=message.errbacks,
+        correlation_id=message.id,
+        reply_to=message.reply_to,
+        origin=message.origin,
+        delivery_info=dict(delivery_info or {}),
+        headers=dict(message.extra_headers),
+        timelimit=message.timelimit,
+        ignore_result=message.ignore_result,
+        shadow=message.shadow,
+        priority=message.priority,
+        message=message,
+    )
