@@ -8,7 +8,6 @@ carrying the type name), and refuses to run inside a task, where it could deadlo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -171,6 +170,8 @@ class AsyncResult(Generic[R]):
         self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5
     ) -> R:
         """``get`` for async callers: waits without blocking the event loop."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             None, lambda: self.get(timeout, propagate, interval, disable_sync_subtasks=False)

@@ -112,7 +112,7 @@ def redis_url(tmp_path: Path) -> str:
 
 
 def _probe_redis(url: str) -> str:
-    """"" when Redis answers at ``url``, else why not."""
+    """ "" when Redis answers at ``url``, else why not."""
     try:
         import redis
     except ImportError:

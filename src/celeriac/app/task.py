@@ -9,7 +9,6 @@ worker's semantics (``celeriac.app.trace``). Options left unset fall back to the
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import random
 from collections.abc import Callable, Sequence
@@ -185,6 +184,8 @@ class Task(Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, lambda: self.apply_async(args, kwargs, **options))
 
@@ -286,7 +287,15 @@ class Task(Generic[P, R]):
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:
-            raise TypeError(f"{self.name}{sig}: {exc}") from None
+            params = ", ".join(
+                p.name
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                else ("*" if p.kind == p.VAR_POSITIONAL else "**") + p.name
+                for p in sig.parameters.values()
+            )
+            raise TypeError(
+                f"{self.name}({params}) called with args={tuple(args)!r} kwargs={kwargs!r}: {exc}"
+            ) from None
 
     # -- signatures and results ----------------------------------------------------------------
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:

@@ -1,0 +1,188 @@
+"""SQLite result store: the embedded default, one file shared safely by several processes.
+
+URL
+    ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``, ``sqlite://`` alone (the file
+    ``celeriac.sqlite3`` in the working directory), and Celery's ``db+sqlite:///...`` spelling.
+    It may be the broker's file: the tables do not overlap.
+
+Options (``result_backend_transport_options``)
+    ``busy_timeout`` (s, default 10) and ``synchronous`` (default ``NORMAL``) as for the broker;
+    ``polling_interval`` (s, default 0.1): the longest pause of ``wait_for_change`` between two
+    reads (pauses start at 2 ms and double); ``cleanup_every`` (default 1000): expired rows are
+    deleted after that many writes of this process (and on its first write), so no beat is
+    needed; ``cleanup()`` does it at once.
+
+Table (created on first use; ``PRAGMA user_version`` as for the broker)::
+
+    celeriac_results
+      key TEXT PRIMARY KEY     e.g. "celery-task-meta-<id>"
+      value BLOB NOT NULL      the record as the ResultBackend serialised it
+      expires_at REAL          Unix time; NULL = never. Index on it WHERE it is not NULL
+
+Guarantees
+    Writes are short ``BEGIN IMMEDIATE`` transactions in WAL mode (readers never wait). An expired
+    row is invisible to ``get``/``mget``/``incr`` before it is deleted. ``incr`` is atomic across
+    processes; the counter is stored as ASCII digits, as Redis does. ``wait_for_change`` does
+    not spin: a ``set`` in the same process wakes it at once, other processes' writes are seen
+    within the polling pause.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from celeriac.backends.base import KeyValueStore
+from celeriac.exceptions import OperationalError
+from celeriac.transports.sqlite import SQLiteDatabase, backoff, notifier_for, sqlite_path
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS celeriac_results (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL,
+        expires_at REAL)""",
+    """CREATE INDEX IF NOT EXISTS celeriac_results_expires
+        ON celeriac_results (expires_at) WHERE expires_at IS NOT NULL""",
+)
+
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_UPSERT = (
+    "INSERT INTO celeriac_results (key, value, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+)
+_CLEANUP = (
+    "DELETE FROM celeriac_results WHERE rowid IN (SELECT rowid FROM celeriac_results "
+    "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)"
+)
+_CLEANUP_BATCH = 5000
+
+
+def _expiry(expires: float | None, now: float) -> float | None:
+    return None if expires is None else now + float(expires)
+
+
+class SQLiteStore(KeyValueStore):
+    """Key/value rows with expiry in a SQLite file (see the module docstring)."""
+
+    schemes = ("sqlite", "db+sqlite")
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options=options)
+        opts = self.options
+        self.path = sqlite_path(url).resolve()
+        self.poll_min = 0.002
+        self.poll_max = max(self.poll_min, float(opts.get("polling_interval", 0.1)))
+        self.cleanup_every = max(1, int(opts.get("cleanup_every", 1000)))
+        self._db = SQLiteDatabase(
+            self.path,
+            schema=SCHEMA,
+            name="results",
+            busy_timeout=float(opts.get("busy_timeout", 10.0)),
+            synchronous=str(opts.get("synchronous", "NORMAL")),
+        )
+        self._key = f"{self.path}#results"
+        self._writes = 0
+        self._writes_lock = threading.Lock()
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        return self.mget([key])[0]
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        wanted = list(keys)
+
+        def read(conn: sqlite3.Connection) -> dict[str, bytes]:
+            now = time.time()
+            found: dict[str, bytes] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT key, value FROM celeriac_results WHERE key IN ({marks}) AND {_LIVE}"
+                found.update((k, bytes(v)) for k, v in conn.execute(sql, (*chunk, now)))
+            return found
+
+        values = self._db.read(read)
+        return [values.get(k) for k in wanted]
+
+    # -- writing -------------------------------------------------------------------------------
+    def set(self, key: str, value: bytes, expires: float | None) -> None:
+        self.set_many([(key, value, expires)])
+
+    def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        if not items:
+            return
+        now = time.time()
+        rows = [(key, bytes(value), _expiry(expires, now)) for key, value, expires in items]
+        self._db.write(lambda conn: conn.executemany(_UPSERT, rows))
+        self._written(len(rows))
+        notifier_for(self._key).notify()
+
+    def delete(self, keys: Sequence[str]) -> None:
+        if keys:
+            rows = [(k,) for k in keys]
+            sql = "DELETE FROM celeriac_results WHERE key = ?"
+            self._db.write(lambda conn: conn.executemany(sql, rows))
+            notifier_for(self._key).notify()
+
+    def incr(self, key: str, amount: int = 1, expires: float | None = None) -> int:
+        def add(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            sql = f"SELECT value, expires_at FROM celeriac_results WHERE key = ? AND {_LIVE}"
+            row = conn.execute(sql, (key, now)).fetchone()
+            try:
+                current = 0 if row is None else int(bytes(row[0]))
+            except ValueError as exc:
+                raise OperationalError(f"{key!r} does not hold an integer") from exc
+            new = current + int(amount)
+            expires_at = _expiry(expires, now)
+            if expires_at is None and row is not None:
+                expires_at = row[1]  # keep the counter's expiry, as Redis INCR does
+            conn.execute(_UPSERT, (key, str(new).encode("ascii"), expires_at))
+            return new
+
+        value = self._db.write(add)
+        self._written(1)
+        notifier_for(self._key).notify()
+        return value
+
+    def wait_for_change(self, key: str, previous: bytes | None, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        notifier = notifier_for(self._key)
+        delay = self.poll_min
+        while True:
+            seen = notifier.generation
+            value = self.get(key)
+            remaining = deadline - time.monotonic()
+            if value != previous or remaining <= 0:
+                return value
+            if notifier.wait(seen, min(delay, remaining)) == seen:
+                delay = backoff(delay, self.poll_min, self.poll_max)
+
+    # -- expiry --------------------------------------------------------------------------------
+    def _written(self, count: int) -> None:
+        """Count writes; every ``cleanup_every`` (and on the first) delete expired rows."""
+        with self._writes_lock:
+            before, self._writes = self._writes, self._writes + count
+        every = self.cleanup_every
+        due = before == 0 or before // every != (before + count) // every
+        if due:
+            self._delete_expired(_CLEANUP_BATCH)
+
+    def _delete_expired(self, batch: int | None) -> int:
+        limit = -1 if batch is None else batch
+        now = time.time()
+        return self._db.write(lambda conn: conn.execute(_CLEANUP, (now, limit)).rowcount)
+
+    def cleanup(self) -> int:
+        return self._delete_expired(None)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"

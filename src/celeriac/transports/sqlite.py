@@ -1,0 +1,686 @@
+"""SQLite broker: the embedded default, one file shared safely by several processes.
+
+URL
+    ``sqlite:///relative/path.db`` (relative to the working directory), ``sqlite:////abs/path.db``,
+    and ``sqlite://`` alone for ``celeriac.sqlite3`` in the working directory. The path is made
+    absolute when the transport is created. No host, no query string (options go in
+    ``broker_transport_options``); ``:memory:`` is refused (it cannot be shared).
+
+Options (``broker_transport_options``; unknown keys are ignored, other drivers have their own)
+    ``busy_timeout`` (s, default 10): how long a statement waits for another process's write
+    lock before ``OperationalError``; locked/busy errors are retried within that time.
+    ``polling_interval`` (s, default 0.2): the longest pause of an idle ``fetch`` between two
+    looks at the file; ``polling_interval_min`` (s, default 0.005) the first pause. Pauses double
+    while nothing arrives. ``synchronous`` (default ``NORMAL``): SQLite's ``PRAGMA synchronous``
+    (``FULL`` also survives power loss, at a cost per commit).
+
+Tables (created on first use; ``PRAGMA user_version`` is the layout version, shared with the
+result store of ``celeriac.backends.sqlite`` when both use one file)::
+
+    celeriac_messages      one row per message not yet acked
+      id INTEGER PRIMARY KEY   publish order (FIFO within a priority)
+      queue, priority          Celery's 0-9, lower served first (as on Redis)
+      state                    0 ready, 1 delayed (waiting for its eta), 2 held (leased)
+      visible_at               delayed: the eta; held: the lease expiry (Unix time)
+      lease_token, lease_owner who holds it ("host:pid"); the token is part of the delivery tag
+      delivery_count, redelivered
+      published_at, content_type, content_encoding, headers (JSON), properties (JSON), body (BLOB)
+      indexes: (queue, priority, id) WHERE state = 0; (visible_at) WHERE state <> 0; (queue)
+    celeriac_dead_letters  id, queue, reason, failed_at, delivery_count, priority, the message
+                           columns as above (copied verbatim, even when they are corrupt)
+
+Guarantees
+    Every write is one short ``BEGIN IMMEDIATE`` transaction; the file is in WAL mode, so readers
+    never block writers. A fetch first makes due rows ready (delayed messages whose eta passed,
+    held messages whose lease ran out, with ``redelivered``) and then claims rows with
+    ``UPDATE ... RETURNING`` inside that transaction: each message goes to exactly one consumer at
+    a time, across threads and processes. A lease that ran out still works for its holder (ack,
+    renew, ...) until the next fetch of any consumer takes it back. A row that cannot be decoded
+    is moved to the dead-letter table with the reason, and the fetch goes on. An idle ``fetch``
+    does not spin: it reads (never locks) the file with pauses that double up to
+    ``polling_interval`` and end early at the next due time; a publish in the same process wakes
+    it at once. Each thread gets its own connection (the worker fetches on one thread and acks on
+    another); after ``fork`` the child opens new ones. Times are wall-clock Unix times, so the
+    processes must share a clock, i.e. one machine. Not for network file systems (WAL needs
+    shared memory between the processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from celeriac.exceptions import EncodeError, ImproperlyConfigured, OperationalError
+from celeriac.protocol.envelope import RawMessage
+from celeriac.transports.base import DEFAULT_LEASE_SECONDS, DeadLetter, Delivery, Transport
+
+T = TypeVar("T")
+
+DEFAULT_FILENAME = "celeriac.sqlite3"
+#: layout version of a Celeriac SQLite file (``PRAGMA user_version``), broker and results alike
+SCHEMA_VERSION = 1
+
+READY, DELAYED, HELD = 0, 1, 2
+_MAX_REASON = 1000
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file named by a ``sqlite://`` URL (relative paths stay relative).
+
+    >>> sqlite_path("sqlite:///data/q.db"), sqlite_path("sqlite:////tmp/q.db")
+    (PosixPath('data/q.db'), PosixPath('/tmp/q.db'))
+    >>> sqlite_path("sqlite://")
+    PosixPath('celeriac.sqlite3')
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.lower().endswith("sqlite"):
+        raise ImproperlyConfigured(f"{url!r} is not a sqlite:// URL (sqlite:///path/to/file.db)")
+    if "?" in rest or "#" in rest:
+        raise ImproperlyConfigured(
+            f"{url!r}: sqlite URLs take no query string; use broker_transport_options"
+        )
+    if rest and not rest.startswith("/"):
+        raise ImproperlyConfigured(
+            f"{url!r}: sqlite URLs have no host; use sqlite:///relative.db or sqlite:////abs.db"
+        )
+    path = unquote(rest[1:])
+    if not path:
+        return Path(DEFAULT_FILENAME)
+    if path == ":memory:":
+        raise ImproperlyConfigured(f"{url!r}: an in-memory SQLite database cannot be shared")
+    return Path(path)
+
+
+def one_line(reason: str, limit: int = _MAX_REASON) -> str:
+    """``reason`` on one line, at most ``limit`` characters."""
+    text = " ".join(reason.splitlines()).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def backoff(delay: float, low: float, high: float) -> float:
+    """The next idle pause: double ``delay``, within [``low``, ``high``]."""
+    return max(low, min(delay * 2, high))
+
+
+# -- in-process notification ---------------------------------------------------------------------
+class Notifier:
+    """A generation counter with a condition: writers ``notify``, waiters wait for a change."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self._cond:
+            self.generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Wait until the generation differs from ``seen`` or ``timeout`` passes; returns it."""
+        with self._cond:
+            if self.generation == seen and timeout > 0:
+                self._cond.wait(timeout)
+            return self.generation
+
+
+_notifiers: dict[str, Notifier] = {}
+_registry_lock = threading.Lock()
+_schemas_ready: set[tuple[str, str]] = set()
+
+
+def notifier_for(key: str) -> Notifier:
+    """The process-wide notifier of one database file (and channel), e.g. ``"/x.db#queue"``."""
+    with _registry_lock:
+        found = _notifiers.get(key)
+        if found is None:
+            found = _notifiers[key] = Notifier()
+        return found
+
+
+def _reset_after_fork() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _notifiers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# -- connections ---------------------------------------------------------------------------------
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (so a dead thread's connection is freed)."""
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's SQLITE_BUSY/SQLITE_LOCKED (another process holds a lock)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (5, 6)
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class SQLiteDatabase:
+    """One database file: a connection per thread (per process), WAL, busy timeout and retries.
+
+    ``schema`` is a list of idempotent DDL statements run once per process on first use.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        schema: Sequence[str],
+        name: str,
+        busy_timeout: float = 10.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        self.path = path
+        self.schema = tuple(schema)
+        self.name = name
+        self.busy_timeout = busy_timeout
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ImproperlyConfigured(f"synchronous={synchronous!r}: OFF, NORMAL, FULL or EXTRA")
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._epoch = 0
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema made) on first use."""
+        state = getattr(self._local, "state", None)
+        if state is not None and state[0] == os.getpid() and state[1] == self._epoch:
+            conn: sqlite3.Connection = state[2]
+            return conn
+        conn = self._retry(self._open)
+        self._local.state = (os.getpid(), self._epoch, conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_Connection,
+        )
+        try:
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._ensure_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._all.add(conn)
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        key = (str(self.path), self.name)
+        if key in _schemas_ready:
+            return
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ImproperlyConfigured(
+                    f"{self.path} has Celeriac layout version {version}; this version of "
+                    f"Celeriac knows up to {SCHEMA_VERSION}: upgrade Celeriac or use another file"
+                )
+            for statement in self.schema:
+                conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        _schemas_ready.add(key)
+
+    def _retry(self, func: Callable[[], T]) -> T:
+        """Run ``func``, retrying while the file is locked (up to ``busy_timeout``)."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                return func()
+            except sqlite3.Error as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise OperationalError(f"SQLite {self.path}: {exc}") from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def read(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``func(connection)`` outside any write lock (each statement sees a snapshot)."""
+        return self._retry(lambda: func(self.connection()))
+
+    def write(self, func: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``func(connection)`` in one ``BEGIN IMMEDIATE`` transaction, retried when busy."""
+
+        def attempt() -> T:
+            conn = self.connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = func(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._retry(attempt)
+
+    def close(self) -> None:
+        """Close every connection of this object (all threads). Later calls open new ones."""
+        with self._lock:
+            self._epoch += 1
+            conns = list(self._all)
+            self._all = weakref.WeakSet()
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):  # closing is best effort
+                conn.close()
+
+
+# -- the transport -------------------------------------------------------------------------------
+_MESSAGE_COLUMNS = "content_type, content_encoding, headers, properties, body"
+#: the message columns as bytes, so that a corrupt (non UTF-8) text never fails in sqlite3 itself
+_RAW_COLUMNS = (
+    "CAST(content_type AS BLOB), CAST(content_encoding AS BLOB), CAST(headers AS BLOB), "
+    "CAST(properties AS BLOB), body"
+)
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS celeriac_messages (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        state INTEGER NOT NULL DEFAULT 0,
+        visible_at REAL NOT NULL,
+        lease_token INTEGER,
+        lease_owner TEXT,
+        delivery_count INTEGER NOT NULL DEFAULT 0,
+        redelivered INTEGER NOT NULL DEFAULT 0,
+        published_at REAL NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        body BLOB NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS celeriac_messages_ready
+        ON celeriac_messages (queue, priority, id) WHERE state = 0""",
+    """CREATE INDEX IF NOT EXISTS celeriac_messages_due
+        ON celeriac_messages (visible_at) WHERE state <> 0""",
+    "CREATE INDEX IF NOT EXISTS celeriac_messages_queue ON celeriac_messages (queue)",
+    """CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
+        id INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        failed_at REAL NOT NULL,
+        delivery_count INTEGER NOT NULL DEFAULT 0,
+        priority INTEGER NOT NULL DEFAULT 0,
+        content_type TEXT, content_encoding TEXT, headers TEXT, properties TEXT, body BLOB)""",
+)
+
+_INSERT = (
+    "INSERT INTO celeriac_messages (queue, priority, state, visible_at, published_at, "
+    f"{_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PROMOTE = (
+    "UPDATE celeriac_messages SET state = 0, redelivered = (redelivered OR state = 2), "
+    "lease_token = NULL, lease_owner = NULL WHERE state <> 0 AND visible_at <= ?"
+)
+_CLAIM = (
+    "UPDATE celeriac_messages SET state = 2, visible_at = ?, lease_token = ?, lease_owner = ?, "
+    "delivery_count = delivery_count + 1 WHERE id IN (SELECT id FROM celeriac_messages "
+    "INDEXED BY celeriac_messages_ready WHERE state = 0 AND queue = ? "
+    "ORDER BY priority, id LIMIT ?) "
+    f"RETURNING id, queue, priority, delivery_count, redelivered, {_RAW_COLUMNS}"
+)
+_PROBE = (
+    "SELECT (SELECT 1 FROM celeriac_messages INDEXED BY celeriac_messages_ready "
+    "WHERE state = 0 AND queue IN (SELECT value FROM json_each(?)) LIMIT 1), "
+    "(SELECT min(visible_at) FROM celeriac_messages INDEXED BY celeriac_messages_due "
+    "WHERE state <> 0)"
+)
+_HELD = "id = ? AND lease_token = ? AND state = 2"
+_TO_DEAD = (
+    "INSERT INTO celeriac_dead_letters (queue, reason, failed_at, delivery_count, priority, "
+    f"{_MESSAGE_COLUMNS}) SELECT queue, ?, ?, delivery_count, priority, {_MESSAGE_COLUMNS} "
+    "FROM celeriac_messages WHERE id = ?"
+)
+_FROM_DEAD = (
+    "INSERT INTO celeriac_messages (queue, priority, state, visible_at, published_at, "
+    f"{_MESSAGE_COLUMNS}) SELECT queue, priority, 0, ?1, ?1, {_MESSAGE_COLUMNS} "
+    "FROM celeriac_dead_letters WHERE {where} ORDER BY id"
+)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _mapping(value: Any, column: str) -> dict[str, Any]:
+    data = json.loads(value)
+    if not isinstance(data, dict):
+        raise ValueError(f"{column} is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def decode_row(columns: Sequence[Any]) -> RawMessage:
+    """The message of the five message columns; ``ValueError`` names the corrupt column."""
+    content_type, content_encoding, headers, properties, body = columns
+    name = "content_type"
+    try:
+        ctype = _text(content_type)
+        name = "content_encoding"
+        cenc = _text(content_encoding)
+        name = "headers"
+        head = _mapping(headers, name)
+        name = "properties"
+        props = _mapping(properties, name)
+        name = "body"
+        data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"undecodable {name}: {exc}") from exc
+    return RawMessage(data, ctype, cenc, head, props)
+
+
+def _lenient(columns: Sequence[Any]) -> RawMessage:
+    """Best effort for listing dead letters, which may be corrupt rows."""
+    try:
+        return decode_row(columns)
+    except ValueError:
+        content_type, content_encoding, _, _, body = columns
+        text = [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or "")
+            for v in (content_type, content_encoding)
+        ]
+        data = body if isinstance(body, bytes) else str(body or "").encode("utf-8", "replace")
+        return RawMessage(data, text[0], text[1], {}, {})
+
+
+def _dumps(value: dict[str, Any], what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"message {what} are not JSON-serialisable: {exc}") from exc
+
+
+def _handle(delivery: Delivery) -> tuple[int, int] | None:
+    """(row id, lease token) of a delivery of this driver; None for a foreign one."""
+    handle = delivery.handle
+    if isinstance(handle, tuple) and len(handle) == 2:
+        return int(handle[0]), int(handle[1])
+    row, _, token = delivery.tag.partition(".")
+    try:
+        return int(row), int(token, 16)
+    except ValueError:
+        return None
+
+
+def _id_list(ids: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """A WHERE clause selecting dead letters by id (all when ``ids`` is None)."""
+    if ids is None:
+        return "1", []
+    numbers = [int(i) for i in ids if str(i).strip().isdigit()]
+    return "id IN (SELECT value FROM json_each(?))", [json.dumps(numbers)]
+
+
+class SQLiteTransport(Transport):
+    """The embedded broker (see the module docstring)."""
+
+    schemes = ("sqlite",)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(url, lease_seconds=lease_seconds, options=options)
+        opts = self.options
+        self.path = sqlite_path(url).resolve()
+        self.poll_min = float(opts.get("polling_interval_min", 0.005))
+        self.poll_max = max(self.poll_min, float(opts.get("polling_interval", 0.2)))
+        self._db = SQLiteDatabase(
+            self.path,
+            schema=SCHEMA,
+            name="transport",
+            busy_timeout=float(opts.get("busy_timeout", 10.0)),
+            synchronous=str(opts.get("synchronous", "NORMAL")),
+        )
+        self._key = f"{self.path}#messages"
+        self._woken = threading.Event()
+
+    # -- producer side -------------------------------------------------------------------------
+    def publish(self, queue: str, message: RawMessage, *, eta: float | None = None) -> None:
+        self.publish_many([(queue, message, eta)])
+
+    def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
+        if not items:
+            return
+        now = time.time()
+        rows = [self._row(queue, message, eta, now) for queue, message, eta in items]
+        self._db.write(lambda conn: conn.executemany(_INSERT, rows))
+        notifier_for(self._key).notify()
+
+    @staticmethod
+    def _row(queue: str, message: RawMessage, eta: float | None, now: float) -> tuple[Any, ...]:
+        delayed = eta is not None and eta > now
+        return (
+            queue,
+            message.priority,
+            DELAYED if delayed else READY,
+            eta if delayed else now,
+            now,
+            message.content_type,
+            message.content_encoding,
+            _dumps(message.headers, "headers"),
+            _dumps(message.properties, "properties"),
+            bytes(message.body),
+        )
+
+    # -- consumer side -------------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        names = list(dict.fromkeys(queues))
+        if limit <= 0 or not names:
+            return []
+        deadline = time.monotonic() + max(0.0, timeout)
+        delay = self.poll_min
+        while True:
+            notifier = notifier_for(self._key)
+            seen = notifier.generation
+            due = self._probe(names)
+            if due is not None and due <= time.time():
+                deliveries = self._db.write(lambda conn: self._claim(conn, names, limit))
+                if deliveries:
+                    return deliveries
+                due = None  # somebody else was faster, or the rows were for other queues
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._woken.is_set():
+                self._woken.clear()
+                return []
+            pause = min(delay, remaining)
+            if due is not None:
+                pause = min(pause, max(due - time.time(), self.poll_min))
+            if notifier.wait(seen, pause) != seen:
+                delay = self.poll_min
+            else:
+                delay = backoff(delay, self.poll_min, self.poll_max)
+
+    def _probe(self, names: list[str]) -> float | None:
+        """Without locking: 0 if a message is ready in ``names``, else the next due time."""
+        encoded = json.dumps(names)
+        ready, next_due = self._db.read(lambda conn: conn.execute(_PROBE, (encoded,)).fetchone())
+        if ready is not None:
+            return 0.0
+        return None if next_due is None else float(next_due)
+
+    def _claim(self, conn: sqlite3.Connection, names: list[str], limit: int) -> list[Delivery]:
+        now = time.time()
+        conn.execute(_PROMOTE, (now,))
+        token = secrets.randbits(62)
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        deliveries: list[Delivery] = []
+        for queue in names:
+            wanted = limit - len(deliveries)
+            if wanted <= 0:
+                break
+            args = (now + self.lease_seconds, token, owner, queue, wanted)
+            rows = sorted(conn.execute(_CLAIM, args).fetchall(), key=lambda r: (r[2], r[0]))
+            deliveries.extend(self._deliveries(conn, rows, token, now))
+        return deliveries
+
+    def _deliveries(
+        self, conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], token: int, now: float
+    ) -> list[Delivery]:
+        """Decode claimed rows; a corrupt one goes to the dead-letter table instead."""
+        found: list[Delivery] = []
+        for row in rows:
+            row_id, queue, _, count, redelivered = row[:5]
+            try:
+                message = decode_row(row[5:])
+            except ValueError as exc:
+                self._bury(conn, row_id, one_line(f"corrupt message row: {exc}"), now)
+                continue
+            found.append(
+                Delivery(
+                    tag=f"{row_id}.{token:x}",
+                    queue=queue,
+                    message=message,
+                    delivery_count=count,
+                    redelivered=bool(redelivered),
+                    handle=(row_id, token),
+                )
+            )
+        return found
+
+    @staticmethod
+    def _bury(conn: sqlite3.Connection, row_id: int, reason: str, now: float) -> int:
+        conn.execute(_TO_DEAD, (reason, now, row_id))
+        return conn.execute("DELETE FROM celeriac_messages WHERE id = ?", (row_id,)).rowcount
+
+    def _held(self, sql: str, params: Iterable[tuple[Any, ...]], *, notify: bool = False) -> None:
+        rows = list(params)
+        if rows:
+            self._db.write(lambda conn: conn.executemany(sql, rows))
+            if notify:
+                notifier_for(self._key).notify()
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        keys = [k for k in map(_handle, deliveries) if k is not None]
+        self._held(f"DELETE FROM celeriac_messages WHERE {_HELD}", keys)
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        keys = [k for k in map(_handle, deliveries) if k is not None]
+        sql = (
+            "UPDATE celeriac_messages SET state = 0, redelivered = 1, lease_token = NULL, "
+            f"lease_owner = NULL, delivery_count = max(delivery_count - 1, 0) WHERE {_HELD}"
+        )
+        self._held(sql, keys, notify=True)
+
+    def defer(self, delivery: Delivery, eta: float) -> None:
+        key = _handle(delivery)
+        sql = (
+            "UPDATE celeriac_messages SET state = 1, visible_at = ?, lease_token = NULL, "
+            f"lease_owner = NULL, delivery_count = max(delivery_count - 1, 0) WHERE {_HELD}"
+        )
+        self._held(sql, [] if key is None else [(eta, *key)], notify=True)
+
+    def renew(self, deliveries: Sequence[Delivery]) -> None:
+        expires = time.time() + self.lease_seconds
+        keys = [(expires, *k) for k in map(_handle, deliveries) if k is not None]
+        self._held(f"UPDATE celeriac_messages SET visible_at = ? WHERE {_HELD}", keys)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        key = _handle(delivery)
+        if key is None:
+            return
+        text = one_line(reason)
+
+        def bury(conn: sqlite3.Connection) -> None:
+            held = conn.execute(f"SELECT 1 FROM celeriac_messages WHERE {_HELD}", key).fetchone()
+            if held is not None:
+                self._bury(conn, key[0], text, time.time())
+
+        self._db.write(bury)
+
+    # -- management ----------------------------------------------------------------------------
+    def qsize(self, queue: str) -> int:
+        sql = "SELECT count(*) FROM celeriac_messages WHERE queue = ?"
+        count: int = self._db.read(lambda conn: conn.execute(sql, (queue,)).fetchone()[0])
+        return count
+
+    def purge(self, queue: str) -> int:
+        def purge(conn: sqlite3.Connection) -> int:
+            conn.execute(_PROMOTE, (time.time(),))
+            sql = "DELETE FROM celeriac_messages WHERE queue = ? AND state <> 2"
+            return conn.execute(sql, (queue,)).rowcount
+
+        return self._db.write(purge)
+
+    def queues(self) -> list[str]:
+        sql = "SELECT DISTINCT queue FROM celeriac_messages ORDER BY queue"
+        return self._db.read(lambda conn: [row[0] for row in conn.execute(sql)])
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        sql = (
+            f"SELECT id, queue, reason, failed_at, delivery_count, {_RAW_COLUMNS} "
+            "FROM celeriac_dead_letters ORDER BY id LIMIT ?"
+        )
+        rows = self._db.read(lambda conn: conn.execute(sql, (limit,)).fetchall())
+        return [
+            DeadLetter(
+                id=str(row[0]),
+                queue=row[1],
+                reason=row[2],
+                message=_lenient(row[5:]),
+                failed_at=float(row[3]),
+                delivery_count=int(row[4]),
+            )
+            for row in rows
+        ]
+
+    def requeue_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        where, params = _id_list(ids)
+
+        def move(conn: sqlite3.Connection) -> int:
+            conn.execute(_FROM_DEAD.format(where=where), (time.time(), *params))
+            return conn.execute(f"DELETE FROM celeriac_dead_letters WHERE {where}", params).rowcount
+
+        moved = self._db.write(move)
+        if moved:
+            notifier_for(self._key).notify()
+        return moved
+
+    def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        where, params = _id_list(ids)
+        sql = f"DELETE FROM celeriac_dead_letters WHERE {where}"
+        return self._db.write(lambda conn: conn.execute(sql, params).rowcount)
+
+    def wake(self) -> None:
+        self._woken.set()
+        notifier_for(self._key).notify()
+
+    def close(self) -> None:
+        self.wake()
+        self._db.close()
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
