@@ -101,7 +101,7 @@ def test_priority_links_headers_limits(app: Celeriac) -> None:
 
 def test_unknown_option_and_bad_args(app: Celeriac) -> None:
     _task(app)
-    with pytest.raises(TypeError, match="'countdwon'.*'countdown'"):
+    with pytest.raises(TypeError, match=r"'countdwon'.*'countdown'"):
         app.prepare("t.add", (1, 1), countdwon=5)
     with pytest.raises(TypeError, match="args must be a list or tuple"):
         app.prepare("t.add", 5)  # type: ignore[arg-type]
