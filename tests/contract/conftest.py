@@ -19,8 +19,8 @@ Registering a driver
 
 The sqlite and redis entries below are active as soon as ``celeriac.transports.sqlite`` /
 ``celeriac.backends.sqlite`` / ``celeriac.transports.redis`` / ``celeriac.backends.redis`` exist.
-Redis runs against ``CELERIAC_TEST_REDIS_URL`` (default ``redis://localhost:6379/15``), which is
-FLUSHED at the start of every test.
+Redis runs against ``CELERIAC_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/9``), never
+flushed: each test gets its own ``global_keyprefix``, and the run's keys are deleted at the end.
 """
 
 from __future__ import annotations
@@ -90,25 +90,41 @@ def sqlite_store(tmp_path: Path) -> KeyValueStore:
 
 # -- redis -------------------------------------------------------------------------------------
 _REDIS_LOCK = threading.Lock()
-_REDIS_STATE: dict[str, Any] = {"probed": None, "flushed": set()}
+_REDIS_STATE: dict[str, Any] = {"probed": None, "prefixes": {}}
+#: never FLUSHDB a shared server: every test gets its own global_keyprefix, deleted afterwards
+_REDIS_RUN = f"celeriac-test-{os.getpid()}-{int(time.time())}"
 
 
 def redis_url(tmp_path: Path) -> str:
-    """The test Redis URL; flushed once per test (per ``tmp_path``). Skips/fails when absent."""
-    url = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://localhost:6379/15")
+    """The test Redis URL (skips/fails when absent); isolation is by ``redis_prefix``."""
+    url = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
     with _REDIS_LOCK:
         if _REDIS_STATE["probed"] is None:
             _REDIS_STATE["probed"] = _probe_redis(url)
         problem = _REDIS_STATE["probed"]
-        if problem:
-            server_unavailable(problem)
-        if tmp_path not in _REDIS_STATE["flushed"]:
-            import redis
-
-            with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
-                client.flushdb()
-            _REDIS_STATE["flushed"].add(tmp_path)
+    if problem:
+        server_unavailable(problem)
     return url
+
+
+def redis_prefix(tmp_path: Path) -> str:
+    """A key prefix unique to this test (``tmp_path``), so every test starts empty."""
+    with _REDIS_LOCK:
+        prefixes: dict[Path, str] = _REDIS_STATE["prefixes"]
+        return prefixes.setdefault(tmp_path, f"{_REDIS_RUN}-{len(prefixes)}:")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_redis_test_keys() -> Iterator[None]:
+    yield
+    if not _REDIS_STATE["prefixes"] or _REDIS_STATE["probed"]:
+        return
+    import redis
+
+    url = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+    with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+        for key in client.scan_iter(match=f"{_REDIS_RUN}-*", count=1000):
+            client.delete(key)
 
 
 def _probe_redis(url: str) -> str:
@@ -129,14 +145,15 @@ def redis_transport(tmp_path: Path, *, lease_seconds: float) -> Transport:
     _need_module("celeriac.transports.redis")
     from celeriac.transports.urls import create_transport
 
-    return create_transport(redis_url(tmp_path), lease_seconds=lease_seconds)
+    options = {"global_keyprefix": redis_prefix(tmp_path)}
+    return create_transport(redis_url(tmp_path), lease_seconds=lease_seconds, options=options)
 
 
 def redis_store(tmp_path: Path) -> KeyValueStore:
     _need_module("celeriac.backends.redis")
     from celeriac.backends.urls import create_store
 
-    return create_store(redis_url(tmp_path))
+    return create_store(redis_url(tmp_path), options={"global_keyprefix": redis_prefix(tmp_path)})
 
 
 # -- registries --------------------------------------------------------------------------------
@@ -258,5 +275,8 @@ def background() -> Iterator[Callable[[Callable[[], Any]], Waiter]]:
         return waiter
 
     yield start
+    # a test that failed half-way may leave a call blocked: give it a moment, then move on
+    # (the threads are daemons and keep any error to themselves)
+    deadline = time.monotonic() + 2.0
     for waiter in waiters:
-        waiter.wait(15)
+        waiter.wait(max(0.0, deadline - time.monotonic()))

@@ -179,7 +179,9 @@ def test_ack_of_unknown_or_twice_is_a_noop(transport: Transport) -> None:
     assert transport.qsize("q") == 0
 
 
-def test_requeue_returns_at_once_and_restores_the_count(make_transport: MakeTransport) -> None:
+def test_requeue_returns_at_once_restores_the_count_marks_redelivered(
+    make_transport: MakeTransport,
+) -> None:
     transport, other = make_transport(), make_transport()
     transport.publish("q", msg("a"))
     transport.publish("q", msg("b"))
@@ -190,7 +192,7 @@ def test_requeue_returns_at_once_and_restores_the_count(make_transport: MakeTran
     again = fetch_until(other, ["q"], 2)
     assert time.monotonic() - start < SOON
     assert bodies(again) == ["a", "b"]
-    assert [d.delivery_count for d in again] == [1, 1]
+    assert [(d.delivery_count, d.redelivered) for d in again] == [(1, True), (1, True)]
     other.ack(again)
     assert transport.qsize("q") == 0
 
@@ -309,6 +311,7 @@ def test_defer_turns_a_held_message_into_a_delayed_one(make_transport: MakeTrans
     got = fetch_until(other, ["q"])
     assert bodies(got) == ["early"]
     assert time.time() >= eta - 0.05
+    assert got[0].delivery_count == 1  # deferring is not an attempt
     other.ack(got)
     transport.ack([delivery])  # the old tag is gone: a no-op
     assert transport.qsize("q") == 0

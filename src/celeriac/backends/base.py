@@ -5,8 +5,8 @@ A driver implements ``KeyValueStore`` (get/mget/set/delete/incr/wait_for_change/
 store: serialisation with ``result_serializer``, "a SUCCESS is never overwritten", waiting for a
 ready state, group records (``celery-taskset-meta-<id>``), expiry (``result_expires``).
 
-``AsyncResultBackend`` is the worker's view (records written in batches per loop turn);
-``ThreadedAsyncBackend`` adapts a synchronous store by running it on one I/O thread.
+``AsyncResultBackend`` is the worker's view (records written in batches per loop turn): it runs a
+synchronous ``ResultBackend`` on one I/O thread.
 """
 
 from __future__ import annotations

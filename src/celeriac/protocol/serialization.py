@@ -235,10 +235,10 @@ def loads(
     allowed = DEFAULT_ACCEPT if accept is None else content_types(accept)
     if ctype not in allowed and ctype not in TRUSTED_CONTENT:
         raise ContentDisallowed(_refusal(ctype, allowed), field="content_type")
-    if ctype == JSON:
-        return json_loads(data)
     if not data:
         return data
+    if ctype == JSON:
+        return json_loads(data)
     if ctype in NAME_BY_TYPE:
         payload = data.encode("utf-8") if isinstance(data, str) else data
         try:
@@ -276,7 +276,7 @@ def content_types(accept: Iterable[str]) -> frozenset[str]:
 
 @lru_cache(maxsize=64)
 def _content_types(accept: frozenset[str]) -> frozenset[str]:
-    types = set()
+    types: set[str] = set()
     for item in accept:
         if "/" in item:
             types.add(item)

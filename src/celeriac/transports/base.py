@@ -14,13 +14,17 @@ must meet (the contract suite checks them):
   order given, round-robin between calls is allowed.
 - **renew**: extends the leases of held deliveries (the worker's heartbeat calls it). A message
   whose lease ran out (its consumer died) becomes ready again, with ``redelivered=True``.
-- **ack**: removes held messages for good. Acking an unknown/expired tag is a no-op.
+- **ack**: removes held messages for good. Acking an unknown tag, or one whose lease ran out and
+  was taken back by a fetch, is a no-op.
 - **requeue**: gives held messages back at once (warm shutdown, ``Reject(requeue=True)``); the
-  delivery counter is restored, since the message was not attempted.
+  delivery counter is restored, since the message was not attempted; the next delivery has
+  ``redelivered=True``.
 - **defer**: atomically turns a held message into a delayed one due at ``eta`` (a message that
-  arrived early, e.g. from a Celery client that put an ETA task on the plain queue).
+  arrived early, e.g. from a Celery client that put an ETA task on the plain queue); the delivery
+  counter is restored, as by ``requeue``.
 - **dead_letter**: atomically removes a held message and stores it in the dead-letter store with a
   one-line reason; ``dead_letters``/``requeue_dead_letters``/``purge_dead_letters`` manage them.
+  A requeued dead letter starts afresh (its next delivery has ``delivery_count`` 1).
 - **qsize** (ready + delayed + held messages of a queue), **purge** (ready and delayed; returns
   how many), **queues** (names that hold anything).
 

@@ -149,10 +149,22 @@ class _Broker:
     def release(self, tag: str) -> _Lease | None:
         """Drop the lease ``tag`` (None when unknown or already taken back)."""
         lease = self.held.pop(tag, None)
+        self.compact()
+        return lease
+
+    def extend(self, tag: str, deadline: float) -> None:
+        """Move the lease ``tag`` (if still held) to end at ``deadline``."""
+        lease = self.held.get(tag)
+        if lease is not None:
+            lease.deadline = deadline
+            heapq.heappush(self.lease_heap, (deadline, tag))
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop stale lease-heap rows once they outnumber the live ones by far."""
         if len(self.lease_heap) > 2 * len(self.held) + _COMPACT_SLACK:
             self.lease_heap = [(held.deadline, t) for t, held in self.held.items()]
             heapq.heapify(self.lease_heap)
-        return lease
 
     def give_back(self, tag: str) -> _Lease | None:
         """Release ``tag`` and undo its delivery count (the message was not attempted)."""
@@ -300,10 +312,7 @@ class MemoryTransport(Transport):
         with broker.cond:
             deadline = time.monotonic() + self.lease_seconds
             for delivery in deliveries:
-                lease = broker.held.get(delivery.tag)
-                if lease is not None:
-                    lease.deadline = deadline
-                    heapq.heappush(broker.lease_heap, (deadline, delivery.tag))
+                broker.extend(delivery.tag, deadline)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         broker = self._broker

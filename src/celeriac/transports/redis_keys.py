@@ -1,4 +1,5 @@
-"""Pure logic of the Redis transport: options, URLs, kombu's key layout, priority steps.
+"""Pure logic of the Redis transport: options, URLs, kombu's key layout, priority steps, and
+``Core`` - script calls and reply parsing, envelope handling.
 
 No I/O here: the sync and the async Redis drivers (``celeriac.transports.redis``) share it.
 The layout is described in that module's docstring.
@@ -7,14 +8,22 @@ The layout is described in that module's docstring.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
+import logging
 import math
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from celeriac.exceptions import ImproperlyConfigured
+from celeriac.exceptions import DecodeError, ImproperlyConfigured
+from celeriac.protocol.envelope import RawMessage, dumps_envelope, loads_envelope, mark_redelivered
+from celeriac.transports.base import DeadLetter, Delivery
+
+logger = logging.getLogger("celeriac.transports.redis")
 
 DEFAULT_PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
@@ -133,7 +142,7 @@ class KeyLayout:
     def binding_member(self, routing_key: str, queue: str, pattern: str = "") -> str:
         return f"{routing_key}{self.sep}{pattern}{self.sep}{queue}"
 
-    def queues_from_bindings(self, members: Sequence[bytes | str], routing_key: str) -> list[str]:
+    def queues_from_bindings(self, members: Sequence[Any], routing_key: str) -> list[str]:
         """Queues of a direct exchange's binding table that match ``routing_key``."""
         found: list[str] = []
         for member in members:
@@ -174,10 +183,18 @@ def unacked_value(envelope: bytes | str, exchange: str, routing_key: str) -> str
     return f"[{text}, {json.dumps(exchange)}, {json.dumps(routing_key)}]"
 
 
-def parse_unacked_value(value: bytes | str) -> tuple[str, str, str]:
-    """``(envelope JSON, exchange, routing_key)`` from an ``unacked`` hash value (kombu's dumps)."""
+def parse_unacked_value(value: bytes | str) -> tuple[dict[str, Any], str, str]:
+    """``(envelope, exchange, routing_key)`` from an ``unacked`` hash value (kombu's dumps)."""
     envelope, exchange, routing_key = json.loads(value)
-    return json.dumps(envelope), str(exchange or ""), str(routing_key or "")
+    if not isinstance(envelope, dict):
+        raise ValueError("unacked entry holds no envelope object")
+    return envelope, str(exchange or ""), str(routing_key or "")
+
+
+def envelope_priority(envelope: Mapping[str, Any]) -> int:
+    properties = envelope.get("properties")
+    value = properties.get("priority") if isinstance(properties, dict) else None
+    return int(value) if isinstance(value, (int, float)) else 0
 
 
 # -- URLs --------------------------------------------------------------------------------------
@@ -257,3 +274,249 @@ def block_seconds(
         seconds = min(seconds, max(next_due - now, 0.0))
     # BLMOVE takes a float timeout; 0 would block forever, so never hand it 0
     return max(seconds, 0.001) if math.isfinite(seconds) else opts.poll_interval
+
+
+# -- the logic both drivers share -------------------------------------------------------------
+Call = tuple[str, list[Any], list[Any]]  # (script name, keys, args)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """``Delivery.handle`` of a Redis delivery."""
+
+    list_key: str
+    held_key: str
+    step: int
+    envelope: bytes
+    lease: str
+
+
+class Core:
+    """What both drivers share: options, layout, script calls and reply parsing (no I/O)."""
+
+    def __init__(self, url: str, lease_seconds: float, options: dict[str, Any]) -> None:
+        self.opts = RedisOptions.from_options(options, lease_seconds)
+        self.keys = KeyLayout(self.opts)
+        self.parsed = parse_url(url)
+        self.consumer = uuid.uuid4().hex[:12]
+        self._fetches = 0
+        self.declared: set[str] = set()
+        self.next_restore = 0.0
+        self.rotation = 0
+
+    # -- publishing --------------------------------------------------------------------------
+    def encode(
+        self, queue: str, message: RawMessage, eta: float | None, now: float
+    ) -> tuple[str, bytes, float | None]:
+        """(key, payload, score): score None means LPUSH to a list, else ZADD to delayed."""
+        envelope = dumps_envelope(message, routing_key=queue)
+        step = self.keys.step_index(message.priority)
+        if eta is not None and eta > now:
+            return self.keys.delayed_key(queue), delayed_member(step, envelope), eta
+        return self.keys.list_key(queue, step), envelope, None
+
+    def declarations(self, queue: str) -> list[tuple[str, str]]:
+        """(set key, member) pairs a kombu worker would add for ``queue`` (once per process)."""
+        if queue in self.declared:
+            return []
+        member = self.keys.binding_member(queue, queue)
+        return [
+            (self.keys.binding_key(queue), member),
+            (self.keys.binding_key(queue, permanent=True), member),
+            (self.keys.queue_names, queue),
+        ]
+
+    # -- consuming ---------------------------------------------------------------------------
+    def take_call(self, queues: Sequence[str], limit: int) -> tuple[Call, str]:
+        self._fetches += 1
+        lease = f"{self.consumer}:{self._fetches}"
+        args: list[Any] = [limit, repr(time.time()), len(queues), len(self.opts.priority_steps)]
+        args += [self.opts.delayed_batch, lease, *queues]
+        return ("take", self.keys.take_keys(queues), args), lease
+
+    def parse_take(
+        self, queues: Sequence[str], reply: list[Any], lease: str
+    ) -> tuple[list[Delivery], list[tuple[Delivery, str]], float | None]:
+        """(deliveries, undecodable deliveries with the reason, next delayed due time)."""
+        next_due = float(reply[0])
+        good: list[Delivery] = []
+        bad: list[tuple[Delivery, str]] = []
+        for i in range(1, len(reply), 5):
+            qi, si, raw, count, tag = reply[i : i + 5]
+            queue, step = queues[int(qi) - 1], int(si) - 1
+            handle = Held(
+                self.keys.list_key(queue, step), self.keys.held_key(queue), step, raw, lease
+            )
+            try:
+                env = loads_envelope(raw)
+            except DecodeError as exc:
+                stub = Delivery(text(tag), queue, RawMessage(body=raw), int(count), False, handle)
+                bad.append((stub, f"undecodable envelope: {exc}"))
+                continue
+            redelivered = env.redelivered or int(count) > 1
+            good.append(
+                Delivery(env.delivery_tag, queue, env.message, int(count), redelivered, handle)
+            )
+        return good, bad, (next_due if next_due >= 0 else None)
+
+    def release_call(
+        self,
+        mode: str,
+        delivery: Delivery,
+        payload: bytes = b"",
+        score: float = 0.0,
+        target: str = "",
+    ) -> Call:
+        held = held_of(delivery)
+        k = self.keys
+        keys = [k.unacked, k.unacked_index, k.deliveries, held.held_key, target or held.list_key]
+        keys.append(k.dead_index)
+        return "release", keys, [mode, delivery.tag, held.lease, payload, repr(score)]
+
+    def ack_calls(self, deliveries: Sequence[Delivery]) -> list[Call]:
+        return [self.release_call("ack", d) for d in ours(deliveries)]
+
+    def requeue_calls(self, deliveries: Sequence[Delivery]) -> list[Call]:
+        # kombu's restore: redelivered flags, RPUSH (next out); in reverse to keep their order
+        held = ours(deliveries)
+        return [
+            self.release_call("requeue", d, mark_redelivered(held_of(d).envelope))
+            for d in reversed(held)
+        ]
+
+    def defer_calls(self, delivery: Delivery, eta: float) -> list[Call]:
+        if not ours([delivery]):
+            return []
+        held = held_of(delivery)
+        target = self.keys.delayed_key(delivery.queue)
+        payload = delayed_member(held.step, held.envelope)
+        return [self.release_call("defer", delivery, payload, eta, target)]
+
+    def dead_calls(self, delivery: Delivery, reason: str) -> list[Call]:
+        if not ours([delivery]):
+            return []
+        held, now = held_of(delivery), time.time()
+        record = {
+            "id": delivery.tag,
+            "queue": delivery.queue,
+            "step": held.step,
+            "reason": reason.splitlines()[0] if reason else "",
+            "failed_at": now,
+            "delivery_count": delivery.delivery_count,
+            "envelope": held.envelope.decode("utf-8", "replace"),
+        }
+        payload = json.dumps(record).encode()
+        return [self.release_call("dead", delivery, payload, now, self.keys.dead_letters)]
+
+    def renew_calls(self, deliveries: Sequence[Delivery]) -> list[Call]:
+        held = ours(deliveries)
+        if not held:
+            return []
+        keys: list[Any] = [self.keys.unacked_index]
+        args: list[Any] = [repr(time.time())]
+        for d in held:
+            keys.append(held_of(d).held_key)
+            args += [d.tag, held_of(d).lease]
+        return [("renew", keys, args)]
+
+    def restore_due(self, now: float) -> bool:
+        if now < self.next_restore:
+            return False
+        self.next_restore = now + self.opts.unacked_restore_interval
+        return True
+
+    def exchanges_of(self, values: Sequence[Any]) -> set[str]:
+        """Named exchanges among ``unacked`` values (their queues need a binding lookup)."""
+        found: set[str] = set()
+        for value in values:
+            with contextlib.suppress(ValueError, TypeError):
+                if value is not None and (exchange := parse_unacked_value(value)[1]):
+                    found.add(exchange)
+        return found
+
+    def restore_calls(
+        self,
+        tags: Sequence[Any],
+        values: Sequence[Any],
+        bindings: dict[str, list[Any]],
+        cutoff: float,
+    ) -> list[Call]:
+        """Compare-and-swap restores of expired deliveries (kombu's redelivered flags, RPUSH)."""
+        calls: list[Call] = []
+        k = self.keys
+        for raw_tag, value in zip(tags, values, strict=True):
+            tag = text(raw_tag)
+            if value is None:  # index entry without a hash entry: the script drops it
+                keys = [k.unacked, k.unacked_index, k.held_key(""), k.list_key("")]
+                calls.append(("restore", keys, [tag, "", repr(cutoff), ""]))
+                continue
+            try:
+                envelope, exchange, routing_key = parse_unacked_value(value)
+                payload = mark_redelivered(json.dumps(envelope))
+            except (ValueError, TypeError, DecodeError):
+                logger.warning("unacked entry %s is not kombu's format; left alone", tag)
+                continue
+            queue = routing_key
+            if exchange:
+                queue = (
+                    k.queues_from_bindings(bindings.get(exchange, []), routing_key) or [queue]
+                )[0]
+            step = k.step_index(envelope_priority(envelope))
+            keys = [k.unacked, k.unacked_index, k.held_key(queue), k.list_key(queue, step)]
+            calls.append(("restore", keys, [tag, value, repr(cutoff), payload]))
+        return calls
+
+    def qsize_call(self, queue: str) -> Call:
+        k = self.keys
+        return (
+            "qsize",
+            [k.unacked, k.delayed_key(queue), k.held_key(queue), *k.list_keys(queue)],
+            [],
+        )
+
+    def purge_call(self, queue: str) -> Call:
+        return "purge", [self.keys.delayed_key(queue), *self.keys.list_keys(queue)], []
+
+    def unbury_call(self, record: dict[str, Any]) -> Call:
+        k = self.keys
+        step = int(record.get("step") or 0)
+        step = step if 0 <= step < len(k.steps) else 0
+        keys = [k.dead_letters, k.dead_index, k.list_key(str(record["queue"]), step)]
+        return "unbury", keys, [str(record["id"]), str(record["envelope"]).encode()]
+
+
+def ours(deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """The deliveries a Redis transport handed out (others are unknown tags: a no-op)."""
+    return [d for d in deliveries if isinstance(d.handle, Held)]
+
+
+def held_of(delivery: Delivery) -> Held:
+    if not isinstance(delivery.handle, Held):
+        raise TypeError(f"delivery {delivery.tag} was not fetched from a Redis transport")
+    return delivery.handle
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def parse_dead_letter(raw: bytes | str) -> DeadLetter:
+    record = json.loads(raw)
+    envelope = str(record.get("envelope", ""))
+    try:
+        message = loads_envelope(envelope)
+    except DecodeError:
+        body = envelope.encode()
+        return _dead(record, RawMessage(body=body, content_type="application/octet-stream"))
+    return _dead(record, message.message)
+
+
+def _dead(record: dict[str, Any], message: RawMessage) -> DeadLetter:
+    return DeadLetter(
+        id=str(record["id"]),
+        queue=str(record.get("queue", "")),
+        reason=str(record.get("reason", "")),
+        message=message,
+        failed_at=float(record.get("failed_at", 0.0)),
+        delivery_count=int(record.get("delivery_count", 0)),
+    )

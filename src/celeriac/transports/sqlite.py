@@ -9,7 +9,7 @@ URL
 Options (``broker_transport_options``; unknown keys are ignored, other drivers have their own)
     ``busy_timeout`` (s, default 10): how long a statement waits for another process's write
     lock before ``OperationalError``; locked/busy errors are retried within that time.
-    ``polling_interval`` (s, default 0.2): the longest pause of an idle ``fetch`` between two
+    ``polling_interval`` (s, default 0.1): the longest pause of an idle ``fetch`` between two
     looks at the file; ``polling_interval_min`` (s, default 0.005) the first pause. Pauses double
     while nothing arrives. ``synchronous`` (default ``NORMAL``): SQLite's ``PRAGMA synchronous``
     (``FULL`` also survives power loss, at a cost per commit).
@@ -160,7 +160,25 @@ if hasattr(os, "register_at_fork"):
 
 # -- connections ---------------------------------------------------------------------------------
 class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced (so a dead thread's connection is freed)."""
+    """A connection that can be weakly referenced (``SQLiteDatabase.close`` finds them all)."""
+
+
+class _ThreadConnection:
+    """A thread's connection; closed when the thread ends and its thread-local data goes.
+
+    (A ``sqlite3.Connection`` sits in a reference cycle with its statement cache, so without
+    this it would hold its file descriptor until the garbage collector runs.)
+    """
+
+    __slots__ = ("conn", "epoch", "pid")
+
+    def __init__(self, conn: sqlite3.Connection, pid: int, epoch: int) -> None:
+        self.conn, self.pid, self.epoch = conn, pid, epoch
+
+    def __del__(self) -> None:
+        if self.pid == os.getpid():  # never close a connection inherited over fork
+            with contextlib.suppress(Exception):
+                self.conn.close()
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -201,12 +219,13 @@ class SQLiteDatabase:
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema made) on first use."""
-        state = getattr(self._local, "state", None)
-        if state is not None and state[0] == os.getpid() and state[1] == self._epoch:
-            conn: sqlite3.Connection = state[2]
-            return conn
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is not None and held.pid == os.getpid() and held.epoch == self._epoch:
+            return held.conn
+        if held is not None and held.pid != os.getpid():
+            held.pid = -1  # inherited over fork: leave it alone, the parent still uses the file
         conn = self._retry(self._open)
-        self._local.state = (os.getpid(), self._epoch, conn)
+        self._local.held = _ThreadConnection(conn, os.getpid(), self._epoch)
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -357,6 +376,10 @@ _PROBE = (
     "(SELECT min(visible_at) FROM celeriac_messages INDEXED BY celeriac_messages_due "
     "WHERE state <> 0)"
 )
+_NEXT_DUE = (
+    "SELECT min(visible_at) FROM celeriac_messages INDEXED BY celeriac_messages_due "
+    "WHERE state <> 0"
+)
 _HELD = "id = ? AND lease_token = ? AND state = 2"
 _TO_DEAD = (
     "INSERT INTO celeriac_dead_letters (queue, reason, failed_at, delivery_count, priority, "
@@ -457,7 +480,7 @@ class SQLiteTransport(Transport):
         opts = self.options
         self.path = sqlite_path(url).resolve()
         self.poll_min = float(opts.get("polling_interval_min", 0.005))
-        self.poll_max = max(self.poll_min, float(opts.get("polling_interval", 0.2)))
+        self.poll_max = max(self.poll_min, float(opts.get("polling_interval", 0.1)))
         self._db = SQLiteDatabase(
             self.path,
             schema=SCHEMA,
@@ -503,22 +526,25 @@ class SQLiteTransport(Transport):
             return []
         deadline = time.monotonic() + max(0.0, timeout)
         delay = self.poll_min
+        first = True  # the first look claims at once: one transaction, no probe
         while True:
             notifier = notifier_for(self._key)
             seen = notifier.generation
-            due = self._probe(names)
+            due = 0.0 if first else self._probe(names)
+            first = False
             if due is not None and due <= time.time():
-                deliveries = self._db.write(lambda conn: self._claim(conn, names, limit))
+                deliveries, due = self._db.write(lambda conn: self._claim(conn, names, limit))
                 if deliveries:
                     return deliveries
-                due = None  # somebody else was faster, or the rows were for other queues
+                if due == 0.0:
+                    continue  # the claimed rows were all corrupt (now dead letters): look again
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._woken.is_set():
                 self._woken.clear()
                 return []
             pause = min(delay, remaining)
             if due is not None:
-                pause = min(pause, max(due - time.time(), self.poll_min))
+                pause = min(pause, max(due - time.time(), 0.001))
             if notifier.wait(seen, pause) != seen:
                 delay = self.poll_min
             else:
@@ -532,20 +558,28 @@ class SQLiteTransport(Transport):
             return 0.0
         return None if next_due is None else float(next_due)
 
-    def _claim(self, conn: sqlite3.Connection, names: list[str], limit: int) -> list[Delivery]:
+    def _claim(
+        self, conn: sqlite3.Connection, names: list[str], limit: int
+    ) -> tuple[list[Delivery], float | None]:
+        """Claim up to ``limit`` messages; also returns the next due time (for the idle wait)."""
         now = time.time()
         conn.execute(_PROMOTE, (now,))
         token = secrets.randbits(62)
         owner = f"{socket.gethostname()}:{os.getpid()}"
         deliveries: list[Delivery] = []
+        claimed = 0
         for queue in names:
             wanted = limit - len(deliveries)
             if wanted <= 0:
                 break
             args = (now + self.lease_seconds, token, owner, queue, wanted)
             rows = sorted(conn.execute(_CLAIM, args).fetchall(), key=lambda r: (r[2], r[0]))
+            claimed += len(rows)
             deliveries.extend(self._deliveries(conn, rows, token, now))
-        return deliveries
+        if deliveries or claimed:
+            return deliveries, None if deliveries else 0.0
+        next_due = conn.execute(_NEXT_DUE).fetchone()[0]
+        return deliveries, None if next_due is None else float(next_due)
 
     def _deliveries(
         self, conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], token: int, now: float

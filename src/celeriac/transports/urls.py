@@ -21,7 +21,10 @@ TRANSPORTS: dict[str, str] = {
 }
 
 #: scheme -> "module:Class" of a native async driver (others use ThreadedAsyncTransport)
-ASYNC_TRANSPORTS: dict[str, str] = {}
+ASYNC_TRANSPORTS: dict[str, str] = {
+    s: "celeriac.transports.redis:AsyncRedisTransport"
+    for s in ("redis", "rediss", "redis+socket", "sentinel")
+}
 
 
 def create_transport(url: str, **kwargs: Any) -> Transport:

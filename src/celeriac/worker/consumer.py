@@ -1,0 +1,476 @@
+"""The consumer: fetches deliveries, dispatches requests to the pool, batches the I/O.
+
+Fetching
+    One fetch loop asks the transport for up to ``prefetch - busy`` deliveries at a time, where
+    ``prefetch = concurrency * worker_prefetch_multiplier`` (0 means no limit) and ``busy``
+    counts held deliveries plus running tasks whose message was already acked. It waits when
+    full and wakes when something is released. Fetch errors are logged and retried with backoff.
+
+Dispatch (per delivery)
+    ``RequestReader.read``: an ``Invalid`` message is dead-lettered (``Execution.invalid``). A
+    valid one that has expired is REVOKED; one with a future ``eta`` is ``defer``-red back to the
+    broker (never held in memory); the rest are *reserved* and started, oldest first, as pool
+    slots (``concurrency``) free up. ``acks_late=False`` acks when a task starts.
+
+Batching (``IOBatch``)
+    Everything the worker writes goes through one ``IOBatch``: it collects the publishes,
+    result records, acks, requeues, defers and dead letters of one loop turn and performs them
+    with one call per kind, in this order: publish, store results, then settle messages (ack,
+    requeue, defer, dead-letter). While a batch is in flight the next one accumulates, so the
+    batch size follows the load. A failing call is retried with backoff (a bounded number of
+    times once the worker is stopping). A result that cannot be serialised is stored as a
+    FAILURE with ``EncodeError`` instead (never left missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals, states
+from celeriac._internal.timeutils import utcnow
+from celeriac.app.trace import Failed, format_exc
+from celeriac.exceptions import EncodeError
+from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
+from celeriac.transports.base import ThreadedAsyncTransport
+from celeriac.worker.execution import log_extra
+from celeriac.worker.pools.base import Job
+from celeriac.worker.request import Invalid, Request
+
+if TYPE_CHECKING:
+    from celeriac.backends.base import AsyncResultBackend
+    from celeriac.protocol.envelope import RawMessage
+    from celeriac.transports.base import AsyncTransport, Delivery
+    from celeriac.worker.execution import Execution
+    from celeriac.worker.pools.base import Pool
+    from celeriac.worker.request import RequestReader
+    from celeriac.worker.state import WorkerState
+
+logger = logging.getLogger("celeriac.worker.consumer")
+
+#: a message due within this many seconds runs now instead of being deferred
+ETA_TOLERANCE = 0.01
+#: most deliveries asked for in one fetch
+FETCH_MAX = 1000
+
+
+class IOBatch:
+    """Collects one loop turn's I/O and performs it with one call per kind (see module doc)."""
+
+    def __init__(
+        self,
+        transport: AsyncTransport,
+        backend: AsyncResultBackend | None,
+        state: WorkerState,
+        *,
+        on_release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.transport = transport
+        self.backend = backend
+        self.state = state
+        self.on_release = on_release
+        #: once stopping, a failing call is given up after a few attempts
+        self.closing = False
+        self.batches = 0
+        self._publishes: list[tuple[str, RawMessage, float | None]] = []
+        self._results: list[ResultMeta] = []
+        self._acks: list[Delivery] = []
+        self._requeues: list[Delivery] = []
+        self._defers: list[tuple[Delivery, float]] = []
+        self._dead: list[tuple[Delivery, str]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- queueing ------------------------------------------------------------------------------
+    def publish(self, queue: str, message: RawMessage, eta: float | None) -> None:
+        self._publishes.append((queue, message, eta))
+        self._kick()
+
+    def store(self, meta: ResultMeta) -> None:
+        if self.backend is not None:
+            self._results.append(meta)
+            self._kick()
+
+    def ack(self, delivery: Delivery) -> None:
+        self._acks.append(delivery)
+        self._kick()
+
+    def requeue(self, delivery: Delivery) -> None:
+        self._requeues.append(delivery)
+        self._kick()
+
+    def defer(self, delivery: Delivery, eta: float) -> None:
+        self._defers.append((delivery, eta))
+        self._kick()
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._dead.append((delivery, reason))
+        self._kick()
+
+    def pending(self) -> bool:
+        return bool(
+            self._publishes
+            or self._results
+            or self._acks
+            or self._requeues
+            or self._defers
+            or self._dead
+        )
+
+    def _kick(self) -> None:
+        if self._runner is None:
+            self._idle.clear()
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been performed (or given up)."""
+        if self.pending() and self._runner is None:
+            self._kick()
+        await self._idle.wait()
+
+    # -- performing ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while self.pending():
+                await self._flush()
+        finally:
+            self._runner = None
+            self._idle.set()
+
+    async def _flush(self) -> None:
+        publishes, self._publishes = self._publishes, []
+        results, self._results = self._results, []
+        self.batches += 1
+        if publishes:
+            call = functools.partial(self.transport.publish_many, publishes)
+            await self._attempt("publish messages", call, len(publishes))
+        if results:
+            await self._attempt("store results", functools.partial(self._store, results), 0)
+        await self._settle()
+
+    async def _settle(self) -> None:
+        acks, self._acks = self._acks, []
+        requeues, self._requeues = self._requeues, []
+        defers, self._defers = self._defers, []
+        dead, self._dead = self._dead, []
+        transport = self.transport
+        calls: list[Awaitable[bool]] = []
+        if acks:
+            calls.append(self._attempt("ack", functools.partial(transport.ack, acks), len(acks)))
+        if requeues:
+            call = functools.partial(transport.requeue, requeues)
+            calls.append(self._attempt("requeue", call, len(requeues)))
+        for delivery, eta in defers:
+            calls.append(self._attempt("defer", functools.partial(transport.defer, delivery, eta)))
+        for delivery, reason in dead:
+            call = functools.partial(transport.dead_letter, delivery, reason)
+            calls.append(self._attempt("dead-letter", call))
+        if not calls:
+            return
+        await asyncio.gather(*calls)
+        settled = [*acks, *requeues, *(d for d, _ in defers), *(d for d, _ in dead)]
+        for delivery in settled:
+            self.state.held.pop(delivery.tag, None)
+        self.state.notify()
+        self.on_release()
+
+    async def _attempt(
+        self, what: str, call: Callable[[], Awaitable[None]], count: int = 1
+    ) -> bool:
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await call()
+                return True
+            except Exception as exc:
+                if self.closing and attempt >= 3:
+                    logger.error("Giving up: could not %s (%d): %r", what, count, exc)
+                    return False
+                logger.error("Could not %s (%d): %r; retrying in %.1fs", what, count, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _store(self, metas: list[ResultMeta]) -> None:
+        assert self.backend is not None
+        latest = list({meta.task_id: meta for meta in metas}.values())
+        try:
+            await self.backend.store_many(latest)
+        except (EncodeError, TypeError, ValueError):
+            for meta in latest:
+                await self._store_one(meta)
+
+    async def _store_one(self, meta: ResultMeta) -> None:
+        assert self.backend is not None
+        try:
+            await self.backend.store_many([meta])
+        except (EncodeError, TypeError, ValueError) as exc:
+            substitute = unserialisable(meta, exc)
+            logger.error(
+                "Task %s: its %s record could not be serialised (%s); stored %s with "
+                "EncodeError instead",
+                meta.task_id,
+                meta.status,
+                exc,
+                substitute.status,
+                extra=log_extra(meta.task_id, None),
+            )
+            if meta.status == states.SUCCESS:
+                self.state.bump("succeeded", -1)
+                self.state.bump("failed")
+            await self.backend.store_many([substitute])
+
+
+def unserialisable(meta: ResultMeta, exc: BaseException) -> ResultMeta:
+    """The record stored instead of one whose value cannot be serialised."""
+    error = EncodeError(
+        f"The {meta.status} result of task {meta.task_id} could not be serialised: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    status = states.FAILURE if meta.status == states.SUCCESS else meta.status
+    return replace(
+        meta,
+        status=status,
+        result=exception_to_dict(error),
+        children=[],
+        extended=None,
+        date_done=meta.date_done or (utcnow() if status in states.READY_STATES else None),
+    )
+
+
+def wake_fetch(transport: AsyncTransport) -> None:
+    """Interrupt a fetch blocked on the transport's I/O thread (if the driver can)."""
+    if isinstance(transport, ThreadedAsyncTransport):
+        transport.sync.wake()
+
+
+class Consumer:
+    """Fetch loop, dispatch, and pool slots (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        transport: AsyncTransport,
+        reader: RequestReader,
+        execution: Execution,
+        batch: IOBatch,
+        pool: Pool,
+        state: WorkerState,
+        queues: Sequence[str],
+        prefetch: int,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        self.transport = transport
+        self.reader = reader
+        self.execution = execution
+        self.batch = batch
+        self.pool = pool
+        self.state = state
+        self.queues = list(queues)
+        self.concurrency = pool.concurrency
+        self.prefetch = prefetch
+        self.fetch_timeout = fetch_timeout
+        self.fetcher: asyncio.Task[None] | None = None
+        self._reserved: deque[Request] = deque()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._executing = 0
+        self._room = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.fetcher = loop.create_task(self._fetch_loop(), name="celeriac-fetch")
+
+    def released(self) -> None:
+        """Something was released: the fetch loop may have room again."""
+        self._room.set()
+
+    # -- fetching ------------------------------------------------------------------------------
+    def busy(self) -> int:
+        state = self.state
+        early_acked = sum(1 for r in state.active.values() if r.tag not in state.held)
+        return len(state.held) + early_acked
+
+    def room(self) -> int:
+        if self.prefetch <= 0:
+            return FETCH_MAX
+        return min(FETCH_MAX, self.prefetch - self.busy())
+
+    async def _fetch_loop(self) -> None:
+        delay = 0.5
+        while not self.stopping:
+            room = self.room()
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                deliveries = await self.transport.fetch(self.queues, room, self.fetch_timeout)
+            except Exception as exc:
+                logger.error(
+                    "Could not fetch from %s: %r; retrying in %.1fs",
+                    self.transport.describe(),
+                    exc,
+                    delay,
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 0.5
+            for delivery in deliveries:
+                self.state.held[delivery.tag] = delivery
+                if self.stopping:
+                    self.batch.requeue(delivery)
+                    self.state.bump("requeued")
+                else:
+                    self._dispatch(delivery)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _dispatch(self, delivery: Delivery) -> None:
+        self.state.bump("received")
+        read = self.reader.read(delivery)
+        if isinstance(read, Invalid):
+            self._in_background(self.execution.invalid(read))
+            return
+        request = read
+        signals.task_received.send(sender=self, request=request)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "Task %s[%s] received",
+                request.name,
+                request.id,
+                extra=log_extra(request.id, request.name),
+            )
+        if request.expired(utcnow()):
+            self.execution.expired(request)
+            return
+        eta = request.eta_timestamp()
+        if eta is not None and eta > time.time() + ETA_TOLERANCE:
+            logger.debug("Task %s[%s] is due at %s: deferred", request.name, request.id, eta)
+            self.batch.defer(delivery, eta)
+            self.state.bump("deferred")
+            return
+        self._reserved.append(request)
+        self.state.reserved[request.tag] = request
+        self._start_reserved()
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Internal worker error", exc_info=task.exception())
+
+    def _start_reserved(self) -> None:
+        while self._reserved and self._executing < self.concurrency and not self.stopping:
+            request = self._reserved.popleft()
+            self.state.reserved.pop(request.tag, None)
+            if request.expired(utcnow()):
+                self.execution.expired(request)
+                continue
+            self._start(request)
+
+    def _start(self, request: Request) -> None:
+        request.started = time.monotonic()
+        self.state.active[request.tag] = request
+        self._executing += 1
+        if not request.acks_late:
+            request.acked = True
+            self.batch.ack(request.delivery)
+        self.execution.started(request)
+        soft, hard = request.time_limits()
+        job = Job(request.task, request.context, soft, hard)
+        task = asyncio.get_running_loop().create_task(self._run(request, job))
+        self._tasks[request.tag] = task
+
+    async def _run(self, request: Request, job: Job) -> None:
+        try:
+            try:
+                outcome = await self.pool.run(job)
+            except Exception as exc:
+                logger.exception("Internal error running %s", job.label)
+                outcome = Failed(exc, format_exc(exc), 0.0)
+            finally:
+                self._executing -= 1
+                self.state.active.pop(request.tag, None)
+                self.state.notify()
+                self._room.set()
+                self._start_reserved()
+            if not request.abandoned:
+                await self._handle(request, outcome)
+        finally:
+            self._tasks.pop(request.tag, None)
+
+    async def _handle(self, request: Request, outcome: Any) -> None:
+        try:
+            await self.execution.outcome(request, outcome)
+        except Exception:
+            logger.exception(
+                "Internal error handling the outcome of %s[%s]: dead-lettering its message",
+                request.name,
+                request.id,
+            )
+            if not request.acked:
+                request.acked = True
+                self.batch.dead_letter(request.delivery, "internal worker error (see its log)")
+
+    # -- stopping ------------------------------------------------------------------------------
+    async def stop_fetching(self) -> None:
+        """Stop fetching; prefetched requests that have not started go back to the broker."""
+        self._stop.set()
+        self._room.set()
+        wake_fetch(self.transport)
+        fetcher = self.fetcher
+        if fetcher is not None and not fetcher.done():
+            done, _ = await asyncio.wait({fetcher}, timeout=self.fetch_timeout + 1.0)
+            if not done:
+                fetcher.cancel()
+        reserved = list(self._reserved)
+        self._reserved.clear()
+        self.state.reserved.clear()
+        for request in reserved:
+            self.batch.requeue(request.delivery)
+        if reserved:
+            self.state.bump("requeued", len(reserved))
+            logger.info("Requeued %d prefetched task(s) that had not started", len(reserved))
+
+    async def wait_running(self) -> None:
+        """Wait for running tasks (and the handling of their outcomes) to finish."""
+        while self._tasks or self._background:
+            await asyncio.gather(*self._tasks.values(), *self._background, return_exceptions=True)
+
+    def abandon_running(self) -> int:
+        """Cold shutdown: requeue the messages of running tasks; their outcomes are discarded."""
+        abandoned = 0
+        for tag, request in list(self.state.active.items()):
+            request.abandoned = True
+            if not request.acked:
+                request.acked = True
+                self.batch.requeue(request.delivery)
+                self.state.bump("requeued")
+            task = self._tasks.get(tag)
+            if task is not None:
+                task.cancel()
+            abandoned += 1
+        return abandoned

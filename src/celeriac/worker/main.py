@@ -1,0 +1,425 @@
+"""``Worker``: one asyncio loop that starts the components in order, serves, and shuts down.
+
+Start, in order: ``app.finalize()`` (imports ``include``/``imports``), signal ``worker_init``,
+the transport (``app.create_async_transport()``), the result backend (``app.backend``, None =
+results are not stored), the I/O batch, the pool, the heartbeat (lease renewal), the consumer
+(fetch loop); then signal ``worker_ready`` and log ``<hostname> ready.``.
+
+Shutdown
+    - *warm* (first SIGTERM/SIGINT, or ``stop()``): stop fetching; prefetched requests that
+      have not started go back to the broker at once (``requeue``); running tasks finish and
+      their results and acks are written; then the components close in reverse order.
+    - *cold* (a second signal, SIGQUIT, or ``stop(cold=True)``): as warm, but the messages of
+      running tasks are requeued too and their outcomes discarded; threads still running a
+      task are left behind (daemon threads) and the process may exit.
+    Signals ``worker_shutting_down`` (sig, how, exitcode) then ``worker_shutdown`` fire.
+    ``run()`` returns 0 after a warm shutdown, 1 after a cold one or an internal error.
+
+Entry points: ``run()`` blocks (the CLI; installs signal handlers when in the main thread);
+``start_in_thread()`` / ``wait_ready()`` / ``stop()`` drive a worker from tests
+(``celeriac.testing.worker.start_worker`` wraps them); ``arun()`` runs on an existing loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import signal
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from celeriac import __version__, signals
+from celeriac._internal.ids import default_nodename
+from celeriac._internal.urls import redact_url
+from celeriac.backends.base import AsyncResultBackend
+from celeriac.exceptions import ImproperlyConfigured
+from celeriac.worker.consumer import Consumer, IOBatch
+from celeriac.worker.execution import Execution
+from celeriac.worker.heartbeat import Heartbeat, heartbeat_interval
+from celeriac.worker.pools import POOLS, Pool, create_pool
+from celeriac.worker.request import RequestReader
+from celeriac.worker.state import WorkerState
+
+if TYPE_CHECKING:
+    from celeriac.app.base import Celeriac
+    from celeriac.transports.base import AsyncTransport
+
+logger = logging.getLogger("celeriac.worker")
+
+#: how long the final flush of results/acks may take at shutdown
+SHUTDOWN_FLUSH_TIMEOUT = 30.0
+
+
+def parse_queues(queues: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (blanks and duplicates dropped)."""
+    if queues is None:
+        return []
+    items = queues.split(",") if isinstance(queues, str) else list(queues)
+    return list(dict.fromkeys(q.strip() for q in items if q and q.strip()))
+
+
+class Worker:
+    """A Celeriac worker for ``app`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: Celeriac,
+        *,
+        hostname: str | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        queues: str | Sequence[str] | None = None,
+        prefetch_multiplier: int | None = None,
+        heartbeat_interval: float | None = None,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.hostname = default_nodename(hostname)
+        self.pool_name = pool or conf.worker_pool or "threads"
+        if self.pool_name not in POOLS:
+            raise ImproperlyConfigured(
+                f"Unknown pool {self.pool_name!r}; accepted: {', '.join(sorted(POOLS))}"
+            )
+        if self.pool_name == "solo":
+            self.concurrency = 1
+        else:
+            self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        if self.concurrency < 1:
+            raise ImproperlyConfigured(f"concurrency must be at least 1, not {self.concurrency}")
+        self.queues = parse_queues(queues) or [str(conf.task_default_queue)]
+        multiplier = (
+            conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
+        )
+        self.prefetch = self.concurrency * int(multiplier) if multiplier and multiplier > 0 else 0
+        self.heartbeat_interval = heartbeat_interval or conf.worker_heartbeat_interval
+        self.fetch_timeout = fetch_timeout
+        self.state = WorkerState()
+        self.exitcode: int | None = None
+        self.error: BaseException | None = None
+        self.transport: AsyncTransport | None = None
+        self.backend: AsyncResultBackend | None = None
+        self.pool: Pool | None = None
+        self.batch: IOBatch | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._finished = threading.Event()
+        self._lock = threading.Lock()
+        self._pending_stop: bool | None = None  # a stop() that came before the loop started
+        self._stop_event: asyncio.Event | None = None
+        self._cold_event: asyncio.Event | None = None
+        self._how: str | None = None
+
+    # -- banner --------------------------------------------------------------------------------
+    def banner(self) -> str:
+        """Celery-style start-up banner: app, transport, results, concurrency, queues, tasks."""
+        app = self.app
+        transport = self.transport.describe() if self.transport else redact_url(app.transport_url)
+        backend_url = app.backend_url
+        results = redact_url(backend_url) if backend_url else "disabled://"
+        prefetch = self.prefetch or "unlimited"
+        now = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        lines = [
+            f" -------------- {self.hostname} v{__version__}",
+            "--- ***** ----- ",
+            f"-- ******* ---- {platform.platform()} {now}",
+            "- *** --- * --- ",
+            "- ** ---------- [config]",
+            f"- ** ---------- .> app:         {app.main or '__main__'}:{id(app):#x}",
+            f"- ** ---------- .> transport:   {transport}",
+            f"- ** ---------- .> results:     {results}",
+            f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_name})",
+            f"-- ******* ---- .> prefetch:    {prefetch}, acks late: {app.conf.task_acks_late}",
+            "--- ***** ----- ",
+            " -------------- [queues]",
+        ]
+        lines += [f"                .> {q:<16} exchange={q}(direct) key={q}" for q in self.queues]
+        lines += ["", "[tasks]"]
+        lines += [f"  . {name}" for name in self.task_names()]
+        return "\n".join(lines) + "\n"
+
+    def task_names(self) -> list[str]:
+        """Registered task names, without Celeriac's built-in ``celery.*`` tasks."""
+        self.app.finalize()
+        return sorted(name for name in self.app.tasks if not name.startswith("celery."))
+
+    def info(self) -> dict[str, Any]:
+        """Configuration and counters, for tests and inspection."""
+        return {
+            "hostname": self.hostname,
+            "pool": self.pool_name,
+            "concurrency": self.concurrency,
+            "prefetch": self.prefetch,
+            "queues": list(self.queues),
+            "state": self.state.info(),
+        }
+
+    # -- blocking entry point ------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until shut down (signals handled in the main thread); returns the exit code."""
+        try:
+            return asyncio.run(self.arun(install_signal_handlers=True))
+        except KeyboardInterrupt:  # before the handlers were installed
+            return 1
+
+    async def arun(self, *, install_signal_handlers: bool = False) -> int:
+        """Start, serve until stopped, shut down; returns the exit code."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop_event = asyncio.Event()
+        self._cold_event = asyncio.Event()
+        try:
+            with self._lock:
+                pending, self._pending_stop = self._pending_stop, None
+            if pending is not None:
+                self._on_stop_request(pending, None)
+            try:
+                await self._start()
+            except BaseException:
+                await self._close(cold=True)
+                raise
+            if install_signal_handlers:
+                self._install_signal_handlers()
+            self._ready.set()
+            signals.worker_ready.send(sender=self.consumer)
+            logger.info("%s ready.", self.hostname)
+            exitcode = await self._serve()
+            cold = await self._shutdown()
+            self.exitcode = 1 if cold else exitcode
+            return self.exitcode
+        finally:
+            self._finished.set()
+
+    async def _start(self) -> None:
+        app = self.app
+        app.finalize()
+        signals.worker_init.send(sender=self)
+        conf = app.conf
+        transport = self.transport = app.create_async_transport()
+        backend = app.backend
+        self.backend = AsyncResultBackend(backend) if backend is not None else None
+        state = self.state
+        batch = self.batch = IOBatch(transport, self.backend, state)
+        execution = Execution(
+            app,
+            batch,
+            state,
+            hostname=self.hostname,
+            store_results=self.backend is not None,
+            result_extended=bool(conf.result_extended),
+        )
+        reader = RequestReader(
+            app.tasks,
+            hostname=self.hostname,
+            accept=app.accept_content,
+            max_message_size=conf.worker_max_message_size,
+            max_deliveries=conf.broker_max_deliveries,
+        )
+        interval = heartbeat_interval(transport.lease_seconds, self.heartbeat_interval)
+        heartbeat = self.heartbeat = Heartbeat(transport, state, interval)
+        options: dict[str, Any] = {}
+        if self.pool_name == "solo":
+            options = {"lease_seconds": transport.lease_seconds, "before_inline": heartbeat.renew}
+        pool = self.pool = create_pool(self.pool_name, self.concurrency, **options)
+        await pool.start()
+        heartbeat.start()
+        consumer = self.consumer = Consumer(
+            transport=transport,
+            reader=reader,
+            execution=execution,
+            batch=batch,
+            pool=pool,
+            state=state,
+            queues=self.queues,
+            prefetch=self.prefetch,
+            fetch_timeout=self.fetch_timeout,
+        )
+        batch.on_release = consumer.released
+        consumer.start()
+
+    async def _serve(self) -> int:
+        """Wait for a stop request (or the fetch loop dying); returns the exit code so far."""
+        assert self._stop_event is not None and self.consumer is not None
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        fetcher = self.consumer.fetcher
+        waiting: set[asyncio.Future[Any]] = {stop}
+        if fetcher is not None:
+            waiting.add(fetcher)
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if self._stop_event.is_set() or fetcher is None:
+            return 0
+        error = None if fetcher.cancelled() else fetcher.exception()
+        logger.critical("Unrecoverable error in the consumer: %r", error, exc_info=error)
+        self.error = error
+        self._on_stop_request(False, None)
+        return 1
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def _on_stop_request(self, cold: bool, signame: str | None) -> None:
+        """Called on the loop: the first request starts a shutdown, a second one makes it cold."""
+        stop, cold_event = self._stop_event, self._cold_event
+        if stop is None or cold_event is None:
+            return
+        if not stop.is_set():
+            how = "Cold" if cold else "Warm"
+            self._how = how
+            logger.warning("worker: %s shutdown (%s)", how, signame or "requested")
+            signals.worker_shutting_down.send(
+                sender=self.hostname, sig=signame, how=how, exitcode=1 if cold else 0
+            )
+            stop.set()
+            if cold:
+                cold_event.set()
+        elif not cold_event.is_set() and (cold or signame is not None):
+            logger.warning("worker: Cold shutdown (%s)", signame or "requested")
+            self._how = "Cold"
+            cold_event.set()
+
+    async def _shutdown(self) -> bool:
+        """Warm (or cold) shutdown; returns True when it ended cold."""
+        assert self.consumer is not None and self._cold_event is not None
+        consumer = self.consumer
+        await consumer.stop_fetching()
+        if not self._cold_event.is_set():
+            running = asyncio.ensure_future(consumer.wait_running())
+            cold = asyncio.ensure_future(self._cold_event.wait())
+            await asyncio.wait({running, cold}, return_when=asyncio.FIRST_COMPLETED)
+            cold.cancel()
+            if not running.done():
+                running.cancel()
+        is_cold = self._cold_event.is_set()
+        if is_cold:
+            count = consumer.abandon_running()
+            if count:
+                logger.warning("Cold shutdown: requeued %d running task(s)", count)
+        await self._close(cold=is_cold)
+        return is_cold
+
+    async def _close(self, *, cold: bool) -> None:
+        """Flush and close the components in reverse order of start (each may be missing)."""
+        if self.batch is not None:
+            self.batch.closing = True
+            try:
+                await asyncio.wait_for(self.batch.drain(), SHUTDOWN_FLUSH_TIMEOUT)
+            except asyncio.TimeoutError:
+                logger.error(
+                    "Could not write all results and acks within %ss", SHUTDOWN_FLUSH_TIMEOUT
+                )
+        await self._requeue_leftovers()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
+        if self.pool is not None:
+            await self.pool.stop(cold=cold)
+        if self.transport is not None:
+            await self.transport.close()
+        if self.backend is not None:
+            await self.backend.close()
+        signals.worker_shutdown.send(sender=self)
+
+    async def _requeue_leftovers(self) -> None:
+        held = list(self.state.held.values())
+        if not held or self.transport is None:
+            return
+        logger.warning("Requeueing %d message(s) still held at shutdown", len(held))
+        try:
+            await self.transport.requeue(held)
+        except Exception as exc:
+            logger.error("Could not requeue %d message(s): %r", len(held), exc)
+        self.state.held.clear()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        wanted = {"SIGTERM": False, "SIGINT": False, "SIGQUIT": True}
+        for name, cold in wanted.items():
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            try:
+                loop.add_signal_handler(signum, self._on_stop_request, cold, name)
+            except (NotImplementedError, RuntimeError):  # Windows: plain handlers
+                signal.signal(signum, self._threadsafe_handler(cold, name))
+
+    def _threadsafe_handler(self, cold: bool, name: str) -> Any:
+        def handler(signum: int, frame: Any) -> None:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._on_stop_request, cold, name)
+
+        return handler
+
+    # -- driving from another thread -----------------------------------------------------------
+    def start_in_thread(self, name: str | None = None) -> threading.Thread:
+        """Run the worker on a new daemon thread (no signal handlers); see ``wait_ready``."""
+        if self._thread is not None:
+            raise RuntimeError(f"worker {self.hostname} was already started")
+        thread = threading.Thread(
+            target=self._thread_main, name=name or f"celeriac-worker {self.hostname}", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        return thread
+
+    def _thread_main(self) -> None:
+        try:
+            self.exitcode = asyncio.run(self.arun())
+        except BaseException as exc:
+            self.error = exc
+            self.exitcode = 1
+            logger.critical("Worker %s failed: %r", self.hostname, exc, exc_info=exc)
+        finally:
+            self._finished.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the worker serves (True) or ``timeout`` passes (False).
+
+        A worker that failed to start re-raises its error here.
+        """
+        step = 0.05
+        remaining = timeout
+        while not self._ready.wait(step if remaining is None else min(step, remaining)):
+            if self._finished.is_set():
+                if self.error is not None:
+                    raise self.error
+                return self._ready.is_set()
+            if remaining is not None:
+                remaining -= step
+                if remaining <= 0:
+                    return False
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self._finished.is_set()
+
+    def stop(self, cold: bool = False, *, wait: bool = True, timeout: float | None = None) -> bool:
+        """Ask for a warm (or cold) shutdown from any thread; with ``wait``, block until the
+        worker has stopped (or ``timeout`` passes). Returns True when it has stopped."""
+        loop = self._loop
+        if loop is None:
+            with self._lock:
+                if self._loop is None:
+                    self._pending_stop = cold or bool(self._pending_stop)
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: already stopped
+                loop.call_soon_threadsafe(self._on_stop_request, cold, None)
+        if not wait or threading.get_ident() == self._loop_thread:
+            return self._finished.is_set()
+        if self._thread is None and self._loop is None:
+            return self._finished.is_set()
+        return self._finished.wait(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has stopped; True when it has."""
+        return self._finished.wait(timeout)

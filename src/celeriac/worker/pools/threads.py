@@ -1,0 +1,180 @@
+"""``threads`` pool: synchronous tasks on ``concurrency`` daemon threads of this process.
+
+``async def`` tasks run on the worker's event loop instead (see ``pools.base``).
+
+Time limits
+    - soft: ``SoftTimeLimitExceeded`` is raised inside the thread (the task may catch it and
+      clean up), at the next Python bytecode it executes.
+    - hard: a thread cannot be killed. At the hard limit the job's outcome is a
+      ``TimeLimitExceeded`` failure (the worker stores FAILURE and acks), ``TimeLimitExceeded``
+      is raised inside the thread as a last attempt to stop it, and the thread is *abandoned*:
+      the pool starts a replacement so the worker keeps its concurrency, and the abandoned
+      thread exits when the task function finally returns (its result is discarded).
+
+The threads are daemon threads (not ``concurrent.futures``), so a cold shutdown can exit the
+process while a task still runs; the worker requeues that task's message first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from celeriac.app.trace import Outcome, execute
+from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celeriac.worker.pools.base import (
+    Interruptible,
+    Job,
+    Pool,
+    hard_limit_failure,
+    run_interruptible,
+)
+
+logger = logging.getLogger("celeriac.worker.pool")
+
+_thread_numbers = itertools.count(1)
+
+
+class _ThreadJob:
+    """A job queued for the pool's threads, with the future its outcome is delivered to."""
+
+    def __init__(self, job: Job, future: asyncio.Future[Outcome]) -> None:
+        self.job = job
+        self.future = future
+        self.loop = future.get_loop()
+        self.state = Interruptible()
+        self.thread: _PoolThread | None = None
+        self.started = time.monotonic()
+
+    def call(self) -> Outcome:
+        job = self.job
+        return contextvars.copy_context().run(execute, job.task, job.request)
+
+    def deliver(self, outcome: Outcome) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the worker has gone (cold)
+            self.loop.call_soon_threadsafe(self._set, outcome)
+
+    def _set(self, outcome: Outcome) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class _PoolThread(threading.Thread):
+    def __init__(self, pool: ThreadPool) -> None:
+        super().__init__(name=f"celeriac-{pool.name}-{next(_thread_numbers)}", daemon=True)
+        self.pool = pool
+        self.retired = False
+        self.current: _ThreadJob | None = None
+
+    def run(self) -> None:
+        jobs = self.pool._jobs
+        while not self.retired:
+            item = jobs.get()
+            if item is None:
+                return
+            self.current = item
+            item.thread = self
+            item.started = time.monotonic()
+            outcome = run_interruptible(item.state, item.call, item.started)
+            self.current = None
+            if self.retired:
+                logger.warning(
+                    "Abandoned thread %s: task %s finished after %.1fs (result discarded)",
+                    self.name,
+                    item.job.label,
+                    time.monotonic() - item.started,
+                )
+                return
+            item.deliver(outcome)
+
+
+class ThreadPool(Pool):
+    """Synchronous tasks on ``threads`` (default: ``concurrency``) daemon threads."""
+
+    name = "threads"
+
+    def __init__(self, concurrency: int, *, threads: int | None = None) -> None:
+        super().__init__(concurrency)
+        self.size = threads or concurrency
+        self._jobs: queue.SimpleQueue[_ThreadJob | None] = queue.SimpleQueue()
+        self._threads: list[_PoolThread] = []
+        self.abandoned = 0
+
+    async def start(self) -> None:
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        thread = _PoolThread(self)
+        self._threads.append(thread)
+        thread.start()
+
+    async def run_sync(self, job: Job) -> Outcome:
+        loop = asyncio.get_running_loop()
+        item = _ThreadJob(job, loop.create_future())
+        self._jobs.put(item)
+        soft = None
+        if job.soft_time_limit:
+            soft = loop.call_later(job.soft_time_limit, self._soft_limit, item)
+        try:
+            if job.time_limit:
+                done, _ = await asyncio.wait({item.future}, timeout=job.time_limit)
+                if not done:
+                    return self._hard_limit(item)
+            return await item.future
+        except asyncio.CancelledError:
+            item.state.cancel()
+            raise
+        finally:
+            if soft is not None:
+                soft.cancel()
+
+    def _soft_limit(self, item: _ThreadJob) -> None:
+        if item.state.interrupt(SoftTimeLimitExceeded):
+            logger.warning(
+                "Soft time limit (%ss) exceeded for %s", item.job.soft_time_limit, item.job.label
+            )
+
+    def _hard_limit(self, item: _ThreadJob) -> Outcome:
+        item.future.cancel()
+        if not item.state.cancel():  # it started: stop it if we can, abandon its thread
+            thread = item.thread
+            if thread is not None and not thread.retired:
+                thread.retired = True
+                self.abandoned += 1
+                self._threads.remove(thread)
+                self._spawn()
+            item.state.interrupt(TimeLimitExceeded)
+            logger.error(
+                "Hard time limit (%ss) exceeded for %s: a thread cannot be killed; it is "
+                "abandoned and a new one started (%d abandoned so far)",
+                item.job.time_limit,
+                item.job.label,
+                self.abandoned,
+            )
+        return hard_limit_failure(item.job, item.started)
+
+    async def stop(self, *, cold: bool = False) -> None:
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+        if cold:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _join, threads, 5.0)
+
+    def info(self) -> dict[str, Any]:
+        return {"threads": len(self._threads), "abandoned": self.abandoned}
+
+
+def _join(threads: list[_PoolThread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,267 @@
+"""Pools run task functions and return Outcome values: solo, threads, asyncio; time limits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.app.context import Context
+from celeriac.app.trace import Failed, Outcome, Succeeded
+from celeriac.exceptions import ImproperlyConfigured, SoftTimeLimitExceeded, TimeLimitExceeded
+from celeriac.worker.pools import Job, Pool, create_pool
+from celeriac.worker.pools.base import Interruptible, run_interruptible
+from celeriac.worker.pools.threads import ThreadPool
+
+
+@pytest.fixture
+def app() -> Iterator[Celeriac]:
+    application = Celeriac("pools", broker="memory://pools", backend="memory://pools")
+    yield application
+    application.close()
+
+
+def job(task: Any, *args: Any, soft: float | None = None, hard: float | None = None) -> Job:
+    request = Context(id="id-1", task=task.name, args=args, called_directly=False)
+    return Job(task, request, soft, hard)
+
+
+async def run_in(pool: Pool, *jobs: Job) -> list[Outcome]:
+    await pool.start()
+    try:
+        return list(await asyncio.gather(*(pool.run(j) for j in jobs)))
+    finally:
+        await pool.stop()
+
+
+def run(pool: Pool, *jobs: Job) -> list[Outcome]:
+    return asyncio.run(run_in(pool, *jobs))
+
+
+@pytest.mark.parametrize("name", ["solo", "threads", "asyncio"])
+def test_sync_and_async_tasks_succeed_in_every_pool(app: Celeriac, name: str) -> None:
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    async def aadd(x: int, y: int) -> int:
+        await asyncio.sleep(0)
+        return x + y
+
+    first, second = run(create_pool(name, 2), job(add, 2, 3), job(aadd, 4, 5))
+    assert isinstance(first, Succeeded) and first.value == 5
+    assert isinstance(second, Succeeded) and second.value == 9
+
+
+def test_failure_is_an_outcome_not_an_exception(app: Celeriac) -> None:
+    @app.task
+    def boom() -> None:
+        raise KeyError("nope")
+
+    (outcome,) = run(create_pool("threads", 1), job(boom))
+    assert isinstance(outcome, Failed)
+    assert isinstance(outcome.exc, KeyError)
+    assert "KeyError" in outcome.traceback
+
+
+def test_where_tasks_run(app: Celeriac) -> None:
+    seen: dict[str, str] = {}
+
+    @app.task
+    def sync_task() -> None:
+        seen["sync"] = threading.current_thread().name
+
+    @app.task
+    async def async_task() -> None:
+        seen["async"] = threading.current_thread().name
+
+    async def main() -> None:
+        seen["loop"] = threading.current_thread().name
+        for name in ("solo", "threads"):
+            pool = create_pool(name, 2)
+            await run_in(pool, job(sync_task), job(async_task))
+            seen[f"{name}-sync"] = seen.pop("sync")
+            seen[f"{name}-async"] = seen.pop("async")
+
+    asyncio.run(main())
+    assert seen["solo-sync"] == seen["loop"]  # inline
+    assert seen["threads-sync"].startswith("celeriac-threads-")
+    assert seen["solo-async"] == seen["threads-async"] == seen["loop"]  # no thread hop
+
+
+def test_threads_run_concurrently(app: Celeriac) -> None:
+    barrier = threading.Barrier(3, timeout=5)
+
+    @app.task
+    def meet() -> bool:
+        barrier.wait()
+        return True
+
+    outcomes = run(create_pool("threads", 3), job(meet), job(meet), job(meet))
+    assert all(isinstance(o, Succeeded) for o in outcomes)
+
+
+def test_solo_is_concurrency_one(app: Celeriac) -> None:
+    assert create_pool("solo", 8).concurrency == 1
+
+
+def test_unknown_and_missing_pools() -> None:
+    with pytest.raises(ImproperlyConfigured, match="Unknown pool 'gevent'"):
+        create_pool("gevent", 1)
+    with pytest.raises(ImproperlyConfigured, match="not available"):
+        create_pool("prefork", 1)
+
+
+# -- soft time limits ---------------------------------------------------------------------------
+def _busy_until_interrupted(limit: float = 5.0) -> str:
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "never interrupted"
+
+
+@pytest.mark.parametrize("name", ["threads", "solo"])
+def test_soft_time_limit_raises_inside_a_sync_task(app: Celeriac, name: str) -> None:
+    @app.task
+    def slow() -> str:
+        return _busy_until_interrupted()
+
+    started = time.monotonic()
+    (outcome,) = run(create_pool(name, 1), job(slow, soft=0.1))
+    assert isinstance(outcome, Succeeded) and outcome.value == "cleaned up"
+    assert time.monotonic() - started < 2
+
+
+def test_uncaught_soft_time_limit_fails_the_task(app: Celeriac) -> None:
+    @app.task
+    def slow() -> None:
+        time.sleep(0.01)
+        while True:
+            time.sleep(0.005)
+
+    (outcome,) = run(create_pool("threads", 1), job(slow, soft=0.1))
+    assert isinstance(outcome, Failed)
+    assert isinstance(outcome.exc, SoftTimeLimitExceeded)
+
+
+@pytest.mark.parametrize("name", ["asyncio", "threads", "solo"])
+def test_soft_time_limit_raises_inside_a_coroutine(app: Celeriac, name: str) -> None:
+    @app.task
+    async def slow() -> str:
+        try:
+            await asyncio.sleep(10)
+        except SoftTimeLimitExceeded:
+            await asyncio.sleep(0)  # the task may still await while cleaning up
+            return "cleaned up"
+        return "never interrupted"
+
+    started = time.monotonic()
+    (outcome,) = run(create_pool(name, 1), job(slow, soft=0.1))
+    assert isinstance(outcome, Succeeded) and outcome.value == "cleaned up"
+    assert time.monotonic() - started < 2
+
+
+def test_soft_limit_on_coroutine_is_not_a_cancellation(app: Celeriac) -> None:
+    @app.task
+    async def slow() -> bool:
+        try:
+            await asyncio.sleep(10)
+        except SoftTimeLimitExceeded:
+            pass
+        task = asyncio.current_task()
+        assert task is not None
+        # the cancellation request was withdrawn: asyncio.timeout etc. still work after it
+        return task.cancelling() == 0 if hasattr(task, "cancelling") else True
+
+    (outcome,) = run(create_pool("asyncio", 1), job(slow, soft=0.05))
+    assert isinstance(outcome, Succeeded) and outcome.value is True
+
+
+def test_uncaught_soft_limit_in_coroutine_fails(app: Celeriac) -> None:
+    @app.task
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    (outcome,) = run(create_pool("asyncio", 1), job(slow, soft=0.05))
+    assert isinstance(outcome, Failed)
+    assert isinstance(outcome.exc, SoftTimeLimitExceeded)
+
+
+# -- hard time limits ---------------------------------------------------------------------------
+def test_hard_limit_on_coroutine_cancels_it(app: Celeriac) -> None:
+    cancelled = threading.Event()
+
+    @app.task
+    async def stuck() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    (outcome,) = run(create_pool("asyncio", 1), job(stuck, hard=0.1))
+    assert isinstance(outcome, Failed)
+    assert isinstance(outcome.exc, TimeLimitExceeded)
+    assert cancelled.wait(2)
+
+
+def test_hard_limit_on_thread_abandons_it_and_keeps_concurrency(app: Celeriac) -> None:
+    release = threading.Event()
+
+    @app.task
+    def stuck() -> str:
+        # blocked in C code: the injected TimeLimitExceeded cannot land until it returns
+        release.wait(10)
+        return "late"
+
+    @app.task
+    def quick() -> str:
+        return "ok"
+
+    async def main() -> tuple[Outcome, Outcome, int, int]:
+        pool = ThreadPool(1)
+        await pool.start()
+        try:
+            first = await pool.run(job(stuck, hard=0.1))
+            second = await asyncio.wait_for(pool.run(job(quick)), 5)
+            return first, second, pool.abandoned, len(pool._threads)
+        finally:
+            release.set()
+            await pool.stop()
+
+    first, second, abandoned, threads = asyncio.run(main())
+    assert isinstance(first, Failed) and isinstance(first.exc, TimeLimitExceeded)
+    assert isinstance(second, Succeeded) and second.value == "ok"
+    assert abandoned == 1
+    assert threads == 1  # the replacement; the abandoned thread is no longer counted
+
+
+def test_interrupt_after_the_job_never_lands_in_the_next_one() -> None:
+    state = Interruptible()
+    outcome = run_interruptible(state, lambda: Succeeded(1, 0.0), time.monotonic())
+    assert isinstance(outcome, Succeeded)
+    assert state.interrupt(SoftTimeLimitExceeded) is False  # done: refused
+    time.sleep(0.01)  # nothing pending fires here
+
+
+def test_cancelled_before_start_is_not_run() -> None:
+    state = Interruptible()
+    assert state.cancel() is True
+    ran: list[int] = []
+
+    def call() -> Outcome:
+        ran.append(1)
+        return Succeeded(1, 0.0)
+
+    outcome = run_interruptible(state, call, time.monotonic())
+    assert ran == []
+    assert isinstance(outcome, Failed)
