@@ -63,7 +63,9 @@ def test_success(version: str) -> None:
     assert done is not None and done.tzinfo is not None
     writes = [round_trip(w["raw"]) for w in data["all_state_writes"]]
     assert [m.status for m in writes] == ["STARTED", "SUCCESS"]
-    assert all(w["command"][0] == "SETEX" and w["command"][2] == "86400" for w in data["all_state_writes"])
+    assert all(
+        w["command"][0] == "SETEX" and w["command"][2] == "86400" for w in data["all_state_writes"]
+    )
 
 
 @pytest.mark.parametrize("name", ["result-started.json", "result-started-acks-late.json"])
@@ -92,7 +94,11 @@ def test_failure_custom(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "wireapp", raising=False)
     remote = exception_from_dict(meta.result)  # the module is not loaded here
     assert isinstance(remote, RemoteError)
-    assert (remote.exc_type, remote.exc_module, remote.args) == ("WireError", "wireapp", ("custom failure",))
+    assert (remote.exc_type, remote.exc_module, remote.args) == (
+        "WireError",
+        "wireapp",
+        ("custom failure",),
+    )
     assert exception_to_dict(remote) == meta.result
 
     module = types.ModuleType("wireapp")
@@ -117,12 +123,17 @@ def test_retry(version: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "why"), [("result-revoked.json", "revoked"), ("result-revoked-expired.json", "expired")]
+    ("name", "why"),
+    [("result-revoked.json", "revoked"), ("result-revoked-expired.json", "expired")],
 )
 def test_revoked(version: str, name: str, why: str) -> None:
     _, meta = stored(version, name)
     assert meta.status == "REVOKED" and meta.traceback is None
-    expected = {"exc_type": "TaskRevokedError", "exc_message": [why], "exc_module": "celery.exceptions"}
+    expected = {
+        "exc_type": "TaskRevokedError",
+        "exc_message": [why],
+        "exc_module": "celery.exceptions",
+    }
     assert meta.result == expected
     exc = exception_from_dict(meta.result)
     assert type(exc) is TaskRevokedError and exc.args == (why,)
@@ -173,7 +184,10 @@ def test_chord_join(version: str) -> None:
     message = decode(envelope.message, accept=["json"])
     assert (message.task, message.args) == ("wireapp.tsum", ([2, 4],))
     assert message.group == (group_id if version == "5.7.0" else None)
-    ids = {k: getattr(message, k) for k in ("id", "root_id", "parent_id", "group", "origin", "reply_to")}
+    ids = {
+        k: getattr(message, k)
+        for k in ("id", "root_id", "parent_id", "group", "origin", "reply_to")
+    }
     rebuilt = encode(TaskMessage(task="wireapp.tsum", args=([2, 4],), **ids))
     data_out = dumps_envelope(rebuilt, routing_key="celery", delivery_tag=envelope.delivery_tag)
     assert data_out == callback["raw"].encode()
@@ -186,7 +200,10 @@ def test_link_results(version: str) -> None:
     data = load(version, "redis-task-link-executed.json")
     parent = round_trip(data["parent_result"]["raw"])
     failed = round_trip(data["failed_result"]["raw"])
-    assert parent.children and parent.children[0][0][0] == data["messages"][1]["decoded"]["headers"]["id"]
+    assert (
+        parent.children
+        and parent.children[0][0][0] == data["messages"][1]["decoded"]["headers"]["id"]
+    )
     assert type(exception_from_dict(failed.result)) is ValueError
     chain = load(version, "redis-task-chain-steps.json")
     assert round_trip(chain["final_result"]["raw"]).result == 12

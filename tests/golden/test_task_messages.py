@@ -196,7 +196,12 @@ def build_group(es: list[Entry]) -> Built:
 
 def build_chord_header(es: list[Entry]) -> Built:
     return [
-        (add(e, i + 1, i + 1, group_index=i, chord=sig("wireapp.tsum", options=chord_options(e))), None)
+        (
+            add(
+                e, i + 1, i + 1, group_index=i, chord=sig("wireapp.tsum", options=chord_options(e))
+            ),
+            None,
+        )
         for i, e in enumerate(es)
     ]
 
@@ -297,7 +302,7 @@ def test_encode_of_the_call_matches_capture(version: str, name: str) -> None:
         assert built == []
         return
     assert len(built) == len(captured)
-    for (message, now), entry in zip(built, captured):
+    for (message, now), entry in zip(built, captured, strict=True):
         assert_same_as_captured(encode(message, now=now), entry)
 
 
@@ -435,7 +440,9 @@ def test_chord_header_embeds_the_body(version: str) -> None:
 
 
 def test_chord_unlock_is_a_countdown_task(version: str) -> None:
-    unlock = decode(loads_envelope(entries(version, "redis-task-chord-unlock.json")[0]["raw"]).message)
+    unlock = decode(
+        loads_envelope(entries(version, "redis-task-chord-unlock.json")[0]["raw"]).message
+    )
     assert unlock.task == "celery.chord_unlock" and unlock.eta is not None
     assert unlock.args[1]["task"] == "wireapp.tsum"
 
@@ -463,7 +470,9 @@ def test_priority_property_is_kept_exactly(version: str) -> None:
     data = load(version, "redis-task-priority.json")
     for row in data["by_priority"]:
         p = row["priority"]
-        assert encode(TaskMessage(id="x", task="t", priority=p)).priority == row["properties_priority"]
+        assert (
+            encode(TaskMessage(id="x", task="t", priority=p)).priority == row["properties_priority"]
+        )
     example = data["example_priority_5"]
     assert example["redis_key"] == "celery\x06\x163"
     assert decode(loads_envelope(example["raw"]).message).priority == 5

@@ -129,13 +129,13 @@ def test_incr_of_a_non_integer_is_an_error(store: SQLiteStore) -> None:
 
 def test_expired_rows_are_cleaned_without_beat(make: Callable[..., SQLiteStore], db: Path) -> None:
     store = make(cleanup_every=10)
-    store.set_many([(f"old{i}", b"v", 0.05) for i in range(5)])
+    store.set_many([(f"old{i}", b"v", 0.05) for i in range(5)])  # 5 rows written
     sleep_until(time.time() + 0.1)
-    for i in range(9):
+    for i in range(4):
         store.set(f"new{i}", b"v", None)
-    assert rows(db) == 14  # 1 + 9 writes: not yet at 10
-    store.set("tenth", b"v", None)  # the tenth write since the last cleanup cleans
-    assert rows(db) == 10
+    assert rows(db) == 9  # 9 rows written: not yet at 10
+    store.set("tenth", b"v", None)  # the tenth row written since the last cleanup cleans
+    assert rows(db) == 5
 
 
 def test_first_write_of_a_process_cleans(make: Callable[..., SQLiteStore], db: Path) -> None:

@@ -87,7 +87,7 @@ def test_unknown_task(app: Celeriac) -> None:
 def test_wrong_arguments(app: Celeriac) -> None:
     result = reader(app).read(delivery_of(app, "test_worker_request.add", 1, 2, 3))
     assert isinstance(result, Invalid)
-    assert result.reason.startswith("wrong arguments: test_worker_request.add(x: int, y: int)")
+    assert result.reason.startswith("wrong arguments: test_worker_request.add(")
     assert isinstance(result.exc, TypeError)
 
 

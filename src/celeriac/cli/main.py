@@ -10,6 +10,7 @@ with 2 for usage errors and 1 for the others.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from celeriac.cli.purge import purge
 from celeriac.cli.tasks import call, result
 from celeriac.cli.worker import worker
 from celeriac.exceptions import CeleriacError
+
+_NULL_HANDLER = logging.NullHandler()
 
 
 def _error(message: str, code: int) -> int:
@@ -104,6 +107,9 @@ def main(ctx: click.Context, app_spec: str | None, workdir: str | None, config: 
     Try it with no server and no configuration:   celeriac demo
     Run a worker for the app in proj/tasks.py:     celeriac -A proj.tasks worker -l info
     """
+    # Without this, Python's last-resort handler would print the drivers' warnings ("unreachable,
+    # retrying") on top of the one-line error. ``worker`` and ``demo -v`` log through the root.
+    logging.getLogger("celeriac").addHandler(_NULL_HANDLER)
     ctx.obj = State(app_spec=app_spec, workdir=workdir, config=config)
 
 

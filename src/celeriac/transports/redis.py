@@ -321,9 +321,10 @@ class RedisTransport(Transport):
         if not self._client.set(k.unacked_mutex, token, nx=True, px=expire):
             return 0
         try:
+            # newest first, each RPUSHed to the consuming end: the oldest is the next out (kombu)
             cutoff = time.time() - self._core.opts.visibility_timeout
-            tags: list[Any] = self._client.zrangebyscore(
-                k.unacked_index, 0, cutoff, start=0, num=1000
+            tags: list[Any] = self._client.zrevrangebyscore(
+                k.unacked_index, cutoff, 0, start=0, num=1000
             )
             if not tags:
                 return 0
@@ -524,8 +525,8 @@ class AsyncRedisTransport(AsyncTransport):
             return 0
         try:
             cutoff = time.time() - self._core.opts.visibility_timeout
-            tags: list[Any] = await self._client.zrangebyscore(
-                k.unacked_index, 0, cutoff, start=0, num=1000
+            tags: list[Any] = await self._client.zrevrangebyscore(
+                k.unacked_index, cutoff, 0, start=0, num=1000
             )
             if not tags:
                 return 0

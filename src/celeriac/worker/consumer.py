@@ -440,12 +440,15 @@ class Consumer:
         """Stop fetching; prefetched requests that have not started go back to the broker."""
         self._stop.set()
         self._room.set()
-        wake_fetch(self.transport)
         fetcher = self.fetcher
-        if fetcher is not None and not fetcher.done():
-            done, _ = await asyncio.wait({fetcher}, timeout=self.fetch_timeout + 1.0)
-            if not done:
+        deadline = time.monotonic() + self.fetch_timeout + 1.0
+        while fetcher is not None and not fetcher.done():
+            # a wake that comes before the fetch starts waiting is missed: repeat it
+            wake_fetch(self.transport)
+            await asyncio.wait({fetcher}, timeout=0.02)
+            if time.monotonic() > deadline:
                 fetcher.cancel()
+                break
         reserved = list(self._reserved)
         self._reserved.clear()
         self.state.reserved.clear()

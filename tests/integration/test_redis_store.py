@@ -1,0 +1,133 @@
+"""The Redis result store against a real Redis, as Celery's clients and workers see it.
+
+Redis URL from ``CELERIAC_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/9``); skipped when
+unreachable, failed under ``CI=true``. Each test uses its own key prefix and deletes its keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac import states
+from celeriac.backends.base import ResultBackend
+from celeriac.backends.redis import RedisStore
+from celeriac.protocol.result_meta import ResultMeta
+
+redis = pytest.importorskip("redis")
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "celery-wire"
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    conn = redis.Redis.from_url(URL, socket_connect_timeout=1)
+    try:
+        conn.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"no Redis at {URL}: {exc} (CI=true: servers are required)")
+        pytest.skip(f"no Redis at {URL}: {exc}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def prefix(client: Any) -> Iterator[str]:
+    value = f"celeriac-test-{uuid.uuid4().hex[:10]}:"
+    yield value
+    keys = list(client.scan_iter(match=f"{value}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def store(prefix: str) -> Iterator[RedisStore]:
+    opened = RedisStore(URL, options={"global_keyprefix": prefix})
+    yield opened
+    opened.close()
+
+
+def test_set_is_setex_plus_publish_on_the_key_named_channel(
+    store: RedisStore, client: Any, prefix: str
+) -> None:
+    key = "celery-task-meta-abc"
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(prefix + key)
+    try:
+        store.set(key, b'{"status": "SUCCESS"}', 86400)
+        deadline = time.monotonic() + 5
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+        assert message is not None and message["data"] == b'{"status": "SUCCESS"}'
+    finally:
+        pubsub.close()
+    assert client.get(prefix + key) == b'{"status": "SUCCESS"}'
+    assert 86390 <= client.ttl(prefix + key) <= 86400
+
+
+def test_reads_a_record_written_by_celery(store: RedisStore, client: Any, prefix: str) -> None:
+    path = FIXTURES / "result-success.json"
+    if not path.exists():
+        pytest.skip(f"fixture {path} not found")
+    captured = json.loads(path.read_text())
+    client.execute_command("SETEX", prefix + captured["redis_key"], 86400, captured["raw"])
+    task_id = captured["redis_key"].removeprefix("celery-task-meta-")
+    meta = ResultBackend(store).get_meta(task_id)
+    assert (meta.status, meta.result) == (states.SUCCESS, 5)
+
+
+def test_wait_is_woken_by_a_celery_style_write(store: RedisStore, client: Any, prefix: str) -> None:
+    backend = ResultBackend(store)
+    key = prefix + "celery-task-meta-t1"
+    record = json.dumps(
+        {
+            "status": "SUCCESS",
+            "result": 7,
+            "traceback": None,
+            "children": [],
+            "date_done": "2026-11-21T23:00:23.477122+00:00",
+            "task_id": "t1",
+        }
+    )
+
+    def celery_worker() -> None:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.execute_command("SETEX", key, 86400, record)
+            pipe.publish(key, record)
+            pipe.execute()
+
+    timer = threading.Timer(0.3, celery_worker)
+    start = time.monotonic()
+    timer.start()
+    try:
+        meta = backend.wait_for("t1", timeout=10)
+    finally:
+        timer.cancel()
+    assert meta.result == 7
+    assert time.monotonic() - start < 2.0  # woken by the PUBLISH, not by the 1 s re-read
+
+
+def test_success_is_not_overwritten_and_set_many_is_one_multi(store: RedisStore) -> None:
+    backend = ResultBackend(store)
+    backend.store_result(ResultMeta(task_id="a", status=states.SUCCESS, result=1, children=[]))
+    backend.store_many(
+        [
+            ResultMeta(task_id="a", status=states.FAILURE, result=None, children=[]),
+            ResultMeta(task_id="b", status=states.STARTED, result=None, children=[]),
+        ]
+    )
+    assert [m.status for m in backend.get_many(["a", "b"])] == [states.SUCCESS, states.STARTED]
+    assert store.incr("counter", 2, 10) == 2
