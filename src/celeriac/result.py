@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celeriac import states
-from celeriac._internal.timeutils import parse_iso
 from celeriac.app import context as ctx
 from celeriac.exceptions import ImproperlyConfigured, TimeoutError
 
@@ -122,10 +121,10 @@ class AsyncResult(Generic[R]):
 
     @property
     def date_done(self) -> datetime | None:
-        value = self._get_meta().date_done
-        if isinstance(value, str):
-            return parse_iso(value)
-        return value
+        """When the task finished, as an aware UTC datetime (Celery 5.3 writes no offset)."""
+        from celeriac.protocol.result_meta import date_done_utc
+
+        return date_done_utc(self._get_meta())
 
     @property
     def children(self) -> list[AsyncResult[Any]]:

@@ -141,7 +141,7 @@ def test_priority_queue_is_declared_with_max_priority(version: str) -> None:
 def test_rpc_results(version: str) -> None:
     data = load(version, "amqp-result-rpc.json")
     tasks = [decode(raw_message(m)) for m in data["task_messages"]]
-    reply_to = {t.reply_to for t in tasks}
+    reply_to = {t.reply_to or "" for t in tasks}
     assert len(reply_to) == 1
     statuses = []
     for result in data["results"]:

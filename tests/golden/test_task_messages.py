@@ -344,8 +344,8 @@ def assert_decoded_fields(message: TaskMessage, entry: Entry) -> None:
         value = getattr(message, key)
         assert (value and value.isoformat()) == headers[key]
     assert list(message.timelimit) == headers["timelimit"]
-    simple = ("lang", "shadow", "group", "group_index", "retries", "root_id", "parent_id")
-    simple += ("argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting")
+    simple = ["lang", "shadow", "group", "group_index", "retries", "root_id", "parent_id"]
+    simple += ["argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting"]
     for key in (*simple, "stamped_headers", "stamps"):
         assert getattr(message, key) == headers[key], key
     properties = entry["decoded"]["properties"]

@@ -96,17 +96,21 @@ def test_a_newer_layout_is_refused(db: Path) -> None:
     store.close()
 
 
-def test_expired_rows_are_invisible_before_cleanup(store: SQLiteStore, db: Path) -> None:
+def test_expired_rows_are_invisible_before_cleanup(
+    make: Callable[..., SQLiteStore], db: Path
+) -> None:
+    store = make(cleanup_every=10**9)
+    store.set("warm-up", b"v", None)  # the first write's cleanup is behind us
     store.set("gone", b"v", 0.1)
     store.set("kept", b"v", 60)
     assert store.incr("counter", 1, 0.1) == 1
     sleep_until(time.time() + 0.15)
     assert store.mget(["gone", "kept", "counter"]) == [None, b"v", None]
-    assert rows(db) == 3  # still there, just not visible
+    assert rows(db) == 4  # still there, just not visible
     assert store.incr("counter", 1, 0.1) == 1  # an expired counter starts again
     sleep_until(time.time() + 0.15)
     assert store.cleanup() == 2
-    assert rows(db) == 1
+    assert rows(db) == 2
     assert store.cleanup() == 0
 
 
@@ -127,20 +131,28 @@ def test_incr_of_a_non_integer_is_an_error(store: SQLiteStore) -> None:
     assert store.get("k") == b"not a number"
 
 
+def insert_expired(db: Path, count: int) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executemany(
+        "INSERT INTO celeriac_results (key, value, expires_at) VALUES (?, ?, ?)",
+        [(f"old{i}", b"v", time.time() - 1) for i in range(count)],
+    )
+    conn.close()
+
+
 def test_expired_rows_are_cleaned_without_beat(make: Callable[..., SQLiteStore], db: Path) -> None:
     store = make(cleanup_every=10)
-    store.set_many([(f"old{i}", b"v", 0.05) for i in range(5)])  # 5 rows written
-    sleep_until(time.time() + 0.1)
-    for i in range(4):
-        store.set(f"new{i}", b"v", None)
-    assert rows(db) == 9  # 9 rows written: not yet at 10
+    store.set("first", b"v", None)  # 1 row written (the first write cleans: nothing yet)
+    insert_expired(db, 5)
+    store.set_many([(f"new{i}", b"v", None) for i in range(8)])  # 9 rows written
+    assert rows(db) == 14
     store.set("tenth", b"v", None)  # the tenth row written since the last cleanup cleans
-    assert rows(db) == 5
+    assert rows(db) == 10
 
 
 def test_first_write_of_a_process_cleans(make: Callable[..., SQLiteStore], db: Path) -> None:
-    make().set_many([(f"old{i}", b"v", 0.05) for i in range(3)])
-    sleep_until(time.time() + 0.1)
+    make().get("k")  # creates the table
+    insert_expired(db, 3)
     make().set("new", b"v", None)
     assert rows(db) == 1
 

@@ -180,6 +180,6 @@ def test_leases_of_a_killed_consumer_come_back_and_never_twice_while_alive(
         out.close()
     assert sorted(d.message.headers["id"] for d in back) == sorted(held)
     assert all(d.redelivered and d.delivery_count == 2 for d in back)
-    assert came_back_after <= LEASE + 1.0, f"redelivered {came_back_after:.2f} s after the kill"
+    assert came_back_after <= LEASE + 1.5, f"redelivered {came_back_after:.2f} s after the kill"
     assert consumer.qsize("q") == 0
     consumer.close()

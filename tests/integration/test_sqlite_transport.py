@@ -286,7 +286,9 @@ def test_publish_in_the_same_process_wakes_fetch_at_once(
     assert time.monotonic() - start < 1.0
 
 
-def test_fetch_wakes_for_an_eta_even_with_long_polling(make: Callable[..., SQLiteTransport]) -> None:
+def test_fetch_wakes_for_an_eta_even_with_long_polling(
+    make: Callable[..., SQLiteTransport],
+) -> None:
     transport = make(options={"polling_interval": 10.0, "polling_interval_min": 10.0})
     eta = time.time() + 0.3
     transport.publish("q", msg("later"), eta=eta)
@@ -392,3 +394,48 @@ def test_a_forked_child_opens_its_own_connection(transport: SQLiteTransport) -> 
     child.join(SOON * 2)
     assert child.exitcode == 0
     assert sorted(bodies(fetch_until(transport, 2))) == ["from-child", "from-parent"]
+
+
+# -- SQLite < 3.35 (no RETURNING) ------------------------------------------------------------------
+def test_claim_without_returning(make: Callable[..., SQLiteTransport], db: Path) -> None:
+    consumer, other = make(lease_seconds=0.2), make()
+    consumer.returning = other.returning = False
+    for body, priority in [("p9", 9), ("p0-a", 0), ("p5", 5), ("p0-b", 0)]:
+        consumer.publish("q", RawMessage(body.encode(), properties={"priority": priority}))
+    corrupt(db, headers="{", priority=1)
+    got = fetch_until(consumer, 4)
+    assert bodies(got) == ["p0-a", "p0-b", "p5", "p9"]
+    assert all(d.delivery_count == 1 and not d.redelivered for d in got)
+    assert "undecodable headers" in consumer.dead_letters()[0].reason
+    consumer.ack(got[1:])
+    [again] = fetch_until(other, 1)  # after the lease ran out
+    assert (again.message.body, again.delivery_count, again.redelivered) == (b"p0-a", 2, True)
+    other.ack([again])
+    assert other.qsize("q") == 0
+
+
+def test_claim_without_returning_gives_each_message_once(
+    make: Callable[..., SQLiteTransport],
+) -> None:
+    producer = make()
+    producer.publish_many([("q", msg(f"m{i:03}"), None) for i in range(300)])
+    received: list[str] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        transport = make()
+        transport.returning = False
+        while True:
+            got = transport.fetch(["q"], 9, 0.2)
+            if not got:
+                return
+            transport.ack(got)
+            with lock:
+                received.extend(bodies(got))
+
+    threads = [threading.Thread(target=consume) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(received) == [f"m{i:03}" for i in range(300)]

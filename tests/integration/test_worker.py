@@ -445,3 +445,29 @@ def test_many_tasks_are_batched(app: Celeriac) -> None:
         results = [noop.delay(i) for i in range(300)]
         assert [r.get(timeout=10) for r in results] == list(range(300))
         assert worker.batch.batches < 300  # type: ignore[union-attr]
+
+
+def test_solo_writes_each_result_before_blocking_on_the_next_task(app: Celeriac) -> None:
+    release = threading.Event()
+
+    @app.task(name="t.quick")
+    def quick() -> str:
+        return "quick"
+
+    @app.task(name="t.blocking")
+    def blocking() -> str:
+        release.wait(10)
+        return "blocking"
+
+    first = quick.delay()  # both sent first, so that one fetch gets both
+    second = blocking.delay()
+    try:
+        with start_worker(app, pool="solo"):
+            # the loop is blocked by the second task: the first's result must already be out
+            assert first.get(timeout=3) == "quick"
+            wait_until(lambda: app.transport.qsize("celery") == 1, 3, "the first task's ack")
+            assert second.state == states.PENDING
+            release.set()
+            assert second.get(timeout=5) == "blocking"
+    finally:
+        release.set()

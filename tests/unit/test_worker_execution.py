@@ -130,7 +130,11 @@ def test_failure_stores_exception_dict_and_traceback(app: Celeriac, sink: Record
     handle(execution, request, Failed(ValueError("boom", 42), "Traceback...", 0.01))
     meta = sink.of("store")[0]
     assert meta.status == states.FAILURE
-    assert meta.result == {"exc_type": "ValueError", "exc_message": ["boom", 42], "exc_module": "builtins"}
+    assert meta.result == {
+        "exc_type": "ValueError",
+        "exc_message": ["boom", 42],
+        "exc_module": "builtins",
+    }
     assert meta.traceback == "Traceback..."
     assert meta.date_done is not None
     assert sink.kinds() == ["store", "ack"]
@@ -208,7 +212,9 @@ def test_ignore_result_stores_nothing_but_errors_can_be_kept(
 ) -> None:
     execution = make(app, sink)
     handle(execution, request_for(app, "t.quiet"), Succeeded(None, 0.0))
-    handle(execution, request_for(app, "t.add", 1, 2, ignore_result=True), Failed(KeyError(), "", 0))
+    handle(
+        execution, request_for(app, "t.add", 1, 2, ignore_result=True), Failed(KeyError(), "", 0)
+    )
     assert sink.kinds() == ["ack", "ack"]
     app.conf.task_store_errors_even_if_ignored = True
     handle(execution, request_for(app, "t.quiet"), Failed(KeyError(), "", 0))

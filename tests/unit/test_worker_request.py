@@ -127,7 +127,9 @@ def test_poison_guard(app: Celeriac) -> None:
     assert isinstance(result, Invalid)
     assert "delivered 6 times" in result.reason
     assert isinstance(result.exc, WorkerLostError)
-    ok = reader(app, max_deliveries=5).read(delivery_of(app, "test_worker_request.add", 1, 2, count=5))
+    ok = reader(app, max_deliveries=5).read(
+        delivery_of(app, "test_worker_request.add", 1, 2, count=5)
+    )
     assert isinstance(ok, Request)
 
 
@@ -139,3 +141,9 @@ def test_a_broken_decoder_does_not_escape(app: Celeriac) -> None:
     result = RequestReader(app.tasks, hostname="w", decoder=broken).read(delivery)
     assert isinstance(result, Invalid)
     assert "RuntimeError: decoder bug" in result.reason
+
+
+def test_reasons_are_one_line(app: Celeriac) -> None:
+    delivery = delivery_of(app, "test_worker_request.add", 1, 2)
+    invalid = Invalid(delivery, "first line\n  second line\r\n")
+    assert invalid.reason == "first line second line"

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from celeriac._internal.ids import client_oid, new_id, origin
-from celeriac._internal.timeutils import make_aware, utcnow
+from celeriac._internal.timeutils import UTC, utcnow
 from celeriac.app import context as ctx
 from celeriac.app.routing import check_queue, lookup_route, queue_name
 from celeriac.protocol.message import TaskMessage
@@ -96,6 +96,11 @@ class Publication:
     eta: float | None  # Unix time when delayed, None when due now
 
 
+def _aware(dt: datetime) -> datetime:
+    """Naive datetimes are UTC, as Celery 5 reads them (``naive_as_utc``)."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
 def _eta(options: dict[str, Any], now: datetime) -> datetime | None:
     countdown = options.get("countdown")
     if countdown is not None:
@@ -109,20 +114,20 @@ def _eta(options: dict[str, Any], now: datetime) -> datetime | None:
         from celeriac._internal.timeutils import parse_iso
 
         eta = parse_iso(eta)
-    return make_aware(eta)
+    return _aware(eta)
 
 
 def _expires(value: Any, now: datetime) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return make_aware(value)
+        return _aware(value)
     if isinstance(value, timedelta):
         return now + value
     if isinstance(value, str):
         from celeriac._internal.timeutils import parse_iso
 
-        return make_aware(parse_iso(value))
+        return _aware(parse_iso(value))
     return now + timedelta(seconds=float(value))
 
 

@@ -117,6 +117,8 @@ def find_app(spec: str) -> Celeriac:
         module_name, _, attr = spec.rpartition(".")
         if not module_name or not _module_exists(module_name):
             raise
+        if not hasattr(sys.modules[module_name], attr):
+            raise
         return _attribute(module_name, attr, spec)
     return _app_in_module(module, spec)
 

@@ -16,6 +16,17 @@ def default_queues(state: State) -> list[str]:
     return sorted(declared) if declared else [str(conf.task_default_queue)]
 
 
+def _confirm(question: str) -> None:
+    """Ask on stderr; ``click.Abort`` unless the answer is yes (end of input counts as no)."""
+    try:
+        answer = click.confirm(question, err=True)
+    except click.Abort:  # end of input: finish the prompt's line before the error line
+        click.echo(err=True)
+        raise
+    if not answer:
+        raise click.Abort()
+
+
 @click.command(short_help="Remove the waiting messages of queues.")
 @click.option(
     "-Q",
@@ -34,11 +45,7 @@ def purge(state: State, queues: tuple[str, ...], force: bool) -> None:
     names = split_queues(queues) or default_queues(state)
     listing = ", ".join(names)
     if not force:
-        click.confirm(
-            f"Purge {len(names)} queue(s) ({listing})? Their waiting messages will be lost",
-            abort=True,
-            err=True,
-        )
+        _confirm(f"Purge {len(names)} queue(s) ({listing})? Their waiting messages will be lost")
     transport = state.app.transport
     removed = sum(transport.purge(name) for name in names)
     noun = "message" if removed == 1 else "messages"

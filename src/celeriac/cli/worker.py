@@ -27,7 +27,7 @@ POOLS = ("solo", "threads", "asyncio", "prefork")
     "--queues",
     multiple=True,
     metavar="A,B",
-    help="Consume these queues (default: task_queues, else task_default_queue).",
+    help="Consume these queues (default: task_default_queue).",
 )
 @click.option("-n", "--hostname", metavar="NAME", help="Node name; %h, %n, %d are expanded.")
 @click.option(
@@ -42,8 +42,8 @@ POOLS = ("solo", "threads", "asyncio", "prefork")
 @click.option("--soft-time-limit", type=float, metavar="SECONDS", help="Soft time limit.")
 @click.option(
     "--prefetch-multiplier",
-    type=click.IntRange(min=1),
-    help="Messages reserved per pool slot (default: 4).",
+    type=click.IntRange(min=0),
+    help="Messages reserved per pool slot (default: 4; 0: no limit).",
 )
 @click.option(
     "-E", "--task-events", is_flag=True, help="Accepted for Celery compatibility; no effect yet."

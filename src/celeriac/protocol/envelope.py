@@ -24,7 +24,6 @@ kombu's restore step (``redelivered: true`` in headers and ``delivery_info``), a
 from __future__ import annotations
 
 import binascii
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +73,11 @@ def dumps_envelope(
     properties["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
     properties["priority"] = message.properties.get("priority") or 0
     properties["body_encoding"] = "base64"
-    properties["delivery_tag"] = delivery_tag or str(uuid.uuid4())
+    if delivery_tag is None:
+        from uuid import uuid4
+
+        delivery_tag = str(uuid4())
+    properties["delivery_tag"] = delivery_tag
     envelope = {
         "body": binascii.b2a_base64(message.body, newline=False).decode("ascii"),
         "content-encoding": message.content_encoding,

@@ -357,11 +357,38 @@ def _required_str(data: dict[str, Any], name: str) -> str:
     raise DecodeError(f"task message has no valid {name!r} (got {value!r})", field=name)
 
 
-def _opt(data: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
-    value = data.get(name)
-    if value is None or isinstance(value, kind):
-        return value
-    raise _bad(name, value, label)
+_LABELS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+#: optional fields of a v2 header map / v1 body / embed, and the type each must have when set
+_HEADER_TYPES: dict[str, type] = {
+    "lang": str,
+    "shadow": str,
+    "group": str,
+    "group_index": int,
+    "root_id": str,
+    "parent_id": str,
+    "argsrepr": str,
+    "kwargsrepr": str,
+    "origin": str,
+    "stamped_headers": list,
+    "stamps": dict,
+}
+_V1_TYPES: dict[str, type] = {
+    "taskset": str,
+    "group": str,
+    "group_index": int,
+    "callbacks": list,
+    "errbacks": list,
+    "chord": dict,
+}
+_EMBED_TYPES: dict[str, type] = {"callbacks": list, "errbacks": list, "chain": list, "chord": dict}
+
+
+def _check_types(data: dict[str, Any], types: dict[str, type]) -> None:
+    """``DecodeError`` naming the first field of ``data`` set to a value of the wrong type."""
+    for name, kind in types.items():
+        value = data.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise _bad(name, value, _LABELS[kind])
 
 
 def _int(data: dict[str, Any], name: str, default: int) -> int:
@@ -393,7 +420,9 @@ def _timelimit(value: Any) -> tuple[float | None, float | None]:
         return (None, None)
     if isinstance(value, (list, tuple)) and len(value) == 2:
         hard, soft = value
-        if all(v is None or (isinstance(v, (int, float)) and v is not True) for v in value):
+        if all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value
+        ):
             return (hard, soft)
     raise DecodeError(f"timelimit must be [hard, soft], not {value!r}", field="timelimit")
 
@@ -411,11 +440,12 @@ def _embed(embed: Any) -> dict[str, Any]:
         embed = {}
     elif not isinstance(embed, dict):
         raise _bad("embed", embed, "an object")
+    _check_types(embed, _EMBED_TYPES)
     return {
-        "callbacks": _opt(embed, "callbacks", list, "a list"),
-        "errbacks": _opt(embed, "errbacks", list, "a list"),
-        "chain": _opt(embed, "chain", list, "a list"),
-        "chord": _opt(embed, "chord", dict, "an object"),
+        "callbacks": embed.get("callbacks"),
+        "errbacks": embed.get("errbacks"),
+        "chain": embed.get("chain"),
+        "chord": embed.get("chord"),
     }
 
 
@@ -436,6 +466,7 @@ def _decode_v2(raw: RawMessage, payload: Any, compression: str | None) -> TaskMe
     if not isinstance(payload, (list, tuple)) or len(payload) != 3:
         raise DecodeError("protocol 2 body must be [args, kwargs, embed]", field="body")
     h = raw.headers
+    _check_types(h, _HEADER_TYPES)
     args, kwargs = _args_kwargs(payload[0], payload[1])
     return TaskMessage(
         id=_required_str(h, "id"),
@@ -443,23 +474,23 @@ def _decode_v2(raw: RawMessage, payload: Any, compression: str | None) -> TaskMe
         args=args,
         kwargs=kwargs,
         **_embed(payload[2]),
-        lang=_opt(h, "lang", str, "a string") or "py",
-        shadow=_opt(h, "shadow", str, "a string"),
+        lang=h.get("lang") or "py",
+        shadow=h.get("shadow"),
         eta=_datetime(h.get("eta"), "eta"),
         expires=_datetime(h.get("expires"), "expires"),
-        group=_opt(h, "group", str, "a string"),
-        group_index=_opt(h, "group_index", int, "an integer"),
+        group=h.get("group"),
+        group_index=h.get("group_index"),
         retries=_int(h, "retries", 0),
         timelimit=_timelimit(h.get("timelimit")),
-        root_id=_opt(h, "root_id", str, "a string"),
-        parent_id=_opt(h, "parent_id", str, "a string"),
-        argsrepr=_opt(h, "argsrepr", str, "a string"),
-        kwargsrepr=_opt(h, "kwargsrepr", str, "a string"),
-        origin=_opt(h, "origin", str, "a string"),
+        root_id=h.get("root_id"),
+        parent_id=h.get("parent_id"),
+        argsrepr=h.get("argsrepr"),
+        kwargsrepr=h.get("kwargsrepr"),
+        origin=h.get("origin"),
         ignore_result=bool(h.get("ignore_result")),
         replaced_task_nesting=_int(h, "replaced_task_nesting", 0),
-        stamped_headers=_opt(h, "stamped_headers", list, "a list"),
-        stamps=_opt(h, "stamps", dict, "an object") or {},
+        stamped_headers=h.get("stamped_headers"),
+        stamps=h.get("stamps") or {},
         extra_headers={k: v for k, v in h.items() if k not in V2_HEADERS},
         **_transport_fields(raw, compression),
     )
@@ -471,6 +502,7 @@ def _decode_v1(raw: RawMessage, payload: Any, compression: str | None) -> TaskMe
             "message has no 'task' header and its body is not a protocol 1 task", field="task"
         )
     b = payload
+    _check_types(b, _V1_TYPES)
     args, kwargs = _args_kwargs(b.get("args", ()), b.get("kwargs") or {})
     local = b.get("utc", True) is False
     return TaskMessage(
@@ -478,13 +510,13 @@ def _decode_v1(raw: RawMessage, payload: Any, compression: str | None) -> TaskMe
         task=_required_str(b, "task"),
         args=args,
         kwargs=kwargs,
-        callbacks=_opt(b, "callbacks", list, "a list"),
-        errbacks=_opt(b, "errbacks", list, "a list"),
-        chord=_opt(b, "chord", dict, "an object"),
+        callbacks=b.get("callbacks"),
+        errbacks=b.get("errbacks"),
+        chord=b.get("chord"),
         eta=_datetime(b.get("eta"), "eta", local),
         expires=_datetime(b.get("expires"), "expires", local),
-        group=_opt(b, "taskset", str, "a string") or _opt(b, "group", str, "a string"),
-        group_index=_opt(b, "group_index", int, "an integer"),
+        group=b.get("taskset") or b.get("group"),
+        group_index=b.get("group_index"),
         retries=_int(b, "retries", 0),
         timelimit=_timelimit(b.get("timelimit")),
         extra_headers={k: v for k, v in raw.headers.items() if k not in V2_HEADERS},

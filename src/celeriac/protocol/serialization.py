@@ -23,12 +23,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
-from uuid import UUID
 
 from celeriac.exceptions import ContentDisallowed, DecodeError, EncodeError, ImproperlyConfigured
 
@@ -89,7 +89,8 @@ def _json_default(obj: Any) -> Any:
         return _tag("time", obj.isoformat())
     if isinstance(obj, Decimal):
         return _tag("decimal", str(obj))
-    if isinstance(obj, UUID):
+    uuid = sys.modules.get("uuid")  # a UUID exists only once its module is loaded
+    if uuid is not None and isinstance(obj, uuid.UUID):
         return _tag("uuid", {"hex": obj.hex})
     if isinstance(obj, bytes):
         try:
@@ -99,7 +100,9 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def _decode_uuid(value: Any) -> UUID:
+def _decode_uuid(value: Any) -> Any:
+    from uuid import UUID
+
     if isinstance(value, dict):
         return UUID(**value)
     return UUID(value)

@@ -248,7 +248,12 @@ class ThreadedAsyncTransport(AsyncTransport):
         return result
 
     async def close(self) -> None:
+        """Interrupt a blocked fetch, then wait for the I/O threads off the event loop."""
         self.sync.wake()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._shutdown)
+
+    def _shutdown(self) -> None:
         self._fetch_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
         self.sync.close()

@@ -89,41 +89,58 @@ end
 return out
 """
 
-#: Settle one held message, if this lease still holds it (else a no-op returning 0).
-#: KEYS: unacked, unacked_index, deliveries, held, target, dead_index
-#: ARGV: mode (ack|requeue|defer|dead), tag, lease, payload, score
+#: Settle many held messages in one call: each is settled only if this lease still holds it
+#: (else skipped: it was restored and may be held by someone else now).
+#: KEYS: unacked, unacked_index, deliveries, dead_index, then the held and target keys the
+#:       items point at (each named once).
+#: ARGV: mode (ack|requeue|defer|dead), then per message: tag, lease, index of its held key in
+#:       KEYS, and, except for ack, index of its target key, payload, score.
 #: requeue: RPUSH payload to target (the next one out, as kombu's restore);
 #: defer: ZADD target score payload; dead: HSET target tag payload + ZADD dead_index score tag.
+#: Returns how many were settled.
 RELEASE = r"""
-local tag, mode = ARGV[2], ARGV[1]
-if redis.call('HGET', KEYS[4], tag) ~= ARGV[3] then return 0 end
-redis.call('HDEL', KEYS[4], tag)
-if redis.call('HDEL', KEYS[1], tag) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], tag)
-if mode == 'requeue' or mode == 'defer' then
-  if redis.call('HINCRBY', KEYS[3], tag, -1) <= 0 then redis.call('HDEL', KEYS[3], tag) end
-else
-  redis.call('HDEL', KEYS[3], tag)
+local mode = ARGV[1]
+local unacked, index, deliveries, dead_index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stride = 6
+if mode == 'ack' then stride = 3 end
+local restore = mode == 'requeue' or mode == 'defer'
+local settled = 0
+for i = 2, #ARGV, stride do
+  local tag, held = ARGV[i], KEYS[tonumber(ARGV[i + 2])]
+  if redis.call('HGET', held, tag) == ARGV[i + 1] then
+    redis.call('HDEL', held, tag)
+    if redis.call('HDEL', unacked, tag) == 1 then
+      redis.call('ZREM', index, tag)
+      -- requeue/defer give the attempt back; ack/dead forget the counter
+      if not restore or redis.call('HINCRBY', deliveries, tag, -1) <= 0 then
+        redis.call('HDEL', deliveries, tag)
+      end
+      if mode ~= 'ack' then
+        local target, payload, score = KEYS[tonumber(ARGV[i + 3])], ARGV[i + 4], ARGV[i + 5]
+        if mode == 'requeue' then
+          redis.call('RPUSH', target, payload)
+        elseif mode == 'defer' then
+          redis.call('ZADD', target, score, payload)
+        elseif mode == 'dead' then
+          redis.call('HSET', target, tag, payload)
+          redis.call('ZADD', dead_index, score, tag)
+        end
+      end
+      settled = settled + 1
+    end
+  end
 end
-if mode == 'requeue' then
-  redis.call('RPUSH', KEYS[5], ARGV[4])
-elseif mode == 'defer' then
-  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[4])
-elseif mode == 'dead' then
-  redis.call('HSET', KEYS[5], tag, ARGV[4])
-  redis.call('ZADD', KEYS[6], ARGV[5], tag)
-end
-return 1
+return settled
 """
 
 #: Renew leases: set the unacked_index score (kombu's delivery time) of each still-held tag to
-#: now. KEYS: unacked_index, held key per tag. ARGV: now, then tag, lease pairs.
+#: now. KEYS: unacked_index, then the held keys (each named once).
+#: ARGV: now, then per tag: tag, lease, index of its held key in KEYS. Returns how many.
 RENEW = r"""
 local renewed = 0
-for i = 2, #KEYS do
-  local tag, lease = ARGV[2 * i - 2], ARGV[2 * i - 1]
-  if redis.call('HGET', KEYS[i], tag) == lease then
-    renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], tag)
+for i = 2, #ARGV, 3 do
+  if redis.call('HGET', KEYS[tonumber(ARGV[i + 2])], ARGV[i]) == ARGV[i + 1] then
+    renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[i])
   end
 end
 return renewed

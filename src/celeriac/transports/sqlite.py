@@ -33,8 +33,9 @@ Guarantees
     Every write is one short ``BEGIN IMMEDIATE`` transaction; the file is in WAL mode, so readers
     never block writers. A fetch first makes due rows ready (delayed messages whose eta passed,
     held messages whose lease ran out, with ``redelivered``) and then claims rows with
-    ``UPDATE ... RETURNING`` inside that transaction: each message goes to exactly one consumer at
-    a time, across threads and processes. A lease that ran out still works for its holder (ack,
+    ``UPDATE ... RETURNING`` inside that transaction (SQLite < 3.35: select, update and read back
+    under the same lock): each message goes to exactly one consumer at a time, across threads
+    and processes. A lease that ran out still works for its holder (ack,
     renew, ...) until the next fetch of any consumer takes it back. A row that cannot be decoded
     is moved to the dead-letter table with the reason, and the fetch goes on. An idle ``fetch``
     does not spin: it reads (never locks) the file with pauses that double up to
@@ -239,6 +240,7 @@ class SQLiteDatabase:
         )
         try:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back to 64 MiB
             self._ensure_schema(conn)
         except BaseException:
             conn.close()
@@ -266,7 +268,8 @@ class SQLiteDatabase:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         _schemas_ready.add(key)
 
@@ -363,13 +366,18 @@ _PROMOTE = (
     "UPDATE celeriac_messages SET state = 0, redelivered = (redelivered OR state = 2), "
     "lease_token = NULL, lease_owner = NULL WHERE state <> 0 AND visible_at <= ?"
 )
-_CLAIM = (
-    "UPDATE celeriac_messages SET state = 2, visible_at = ?, lease_token = ?, lease_owner = ?, "
-    "delivery_count = delivery_count + 1 WHERE id IN (SELECT id FROM celeriac_messages "
-    "INDEXED BY celeriac_messages_ready WHERE state = 0 AND queue = ? "
-    "ORDER BY priority, id LIMIT ?) "
-    f"RETURNING id, queue, priority, delivery_count, redelivered, {_RAW_COLUMNS}"
+_READY_IDS = (
+    "SELECT id FROM celeriac_messages INDEXED BY celeriac_messages_ready "
+    "WHERE state = 0 AND queue = ? ORDER BY priority, id LIMIT ?"
 )
+_TAKE = (
+    "UPDATE celeriac_messages SET state = 2, visible_at = ?, lease_token = ?, lease_owner = ?, "
+    "delivery_count = delivery_count + 1 WHERE id IN "
+)
+_CLAIMED = f"id, queue, priority, delivery_count, redelivered, {_RAW_COLUMNS}"
+#: one statement on SQLite >= 3.35; older versions select, update and read back (same lock)
+_CLAIM = f"{_TAKE}({_READY_IDS}) RETURNING {_CLAIMED}"
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _PROBE = (
     "SELECT (SELECT 1 FROM celeriac_messages INDEXED BY celeriac_messages_ready "
     "WHERE state = 0 AND queue IN (SELECT value FROM json_each(?)) LIMIT 1), "
@@ -490,6 +498,8 @@ class SQLiteTransport(Transport):
         )
         self._key = f"{self.path}#messages"
         self._woken = threading.Event()
+        #: claim with UPDATE ... RETURNING (SQLite >= 3.35) or select-update-read in one lock
+        self.returning = _HAS_RETURNING
 
     # -- producer side -------------------------------------------------------------------------
     def publish(self, queue: str, message: RawMessage, *, eta: float | None = None) -> None:
@@ -572,14 +582,27 @@ class SQLiteTransport(Transport):
             wanted = limit - len(deliveries)
             if wanted <= 0:
                 break
-            args = (now + self.lease_seconds, token, owner, queue, wanted)
-            rows = sorted(conn.execute(_CLAIM, args).fetchall(), key=lambda r: (r[2], r[0]))
+            lease = (now + self.lease_seconds, token, owner)
+            rows = sorted(self._take(conn, lease, queue, wanted), key=lambda r: (r[2], r[0]))
             claimed += len(rows)
             deliveries.extend(self._deliveries(conn, rows, token, now))
         if deliveries or claimed:
             return deliveries, None if deliveries else 0.0
         next_due = conn.execute(_NEXT_DUE).fetchone()[0]
         return deliveries, None if next_due is None else float(next_due)
+
+    def _take(
+        self, conn: sqlite3.Connection, lease: tuple[Any, ...], queue: str, limit: int
+    ) -> list[Any]:
+        """Lease up to ``limit`` ready rows of ``queue``; returns them (``_CLAIMED`` columns)."""
+        if self.returning:
+            return conn.execute(_CLAIM, (*lease, queue, limit)).fetchall()
+        ids = json.dumps([row[0] for row in conn.execute(_READY_IDS, (queue, limit))])
+        conn.execute(f"{_TAKE}(SELECT value FROM json_each(?))", (*lease, ids))
+        sql = (
+            f"SELECT {_CLAIMED} FROM celeriac_messages WHERE id IN (SELECT value FROM json_each(?))"
+        )
+        return conn.execute(sql, (ids,)).fetchall()
 
     def _deliveries(
         self, conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], token: int, now: float

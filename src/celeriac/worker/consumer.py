@@ -459,9 +459,13 @@ class Consumer:
             logger.info("Requeued %d prefetched task(s) that had not started", len(reserved))
 
     async def wait_running(self) -> None:
-        """Wait for running tasks (and the handling of their outcomes) to finish."""
+        """Wait for running tasks (and the handling of their outcomes) to finish.
+
+        Cancelling this wait cancels nothing else (``asyncio.wait``, not ``gather``): at a cold
+        shutdown, tasks that already finished still write their outcomes.
+        """
         while self._tasks or self._background:
-            await asyncio.gather(*self._tasks.values(), *self._background, return_exceptions=True)
+            await asyncio.wait({*self._tasks.values(), *self._background})
 
     def abandon_running(self) -> int:
         """Cold shutdown: requeue the messages of running tasks; their outcomes are discarded."""

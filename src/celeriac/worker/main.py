@@ -117,7 +117,8 @@ class Worker:
         self._pending_stop: bool | None = None  # a stop() that came before the loop started
         self._stop_event: asyncio.Event | None = None
         self._cold_event: asyncio.Event | None = None
-        self._how: str | None = None
+        #: None while serving; "Warm" or "Cold" once a shutdown started
+        self.shutdown: str | None = None
 
     # -- banner --------------------------------------------------------------------------------
     def banner(self) -> str:
@@ -228,7 +229,7 @@ class Worker:
         heartbeat = self.heartbeat = Heartbeat(transport, state, interval)
         options: dict[str, Any] = {}
         if self.pool_name == "solo":
-            options = {"lease_seconds": transport.lease_seconds, "before_inline": heartbeat.renew}
+            options = {"lease_seconds": transport.lease_seconds, "before_inline": self._flush}
         pool = self.pool = create_pool(self.pool_name, self.concurrency, **options)
         await pool.start()
         heartbeat.start()
@@ -245,6 +246,14 @@ class Worker:
         )
         batch.on_release = consumer.released
         consumer.start()
+
+    async def _flush(self) -> None:
+        """Before a solo task blocks the loop: write what earlier tasks produced (results,
+        acks, follow-ups), then renew every lease."""
+        if self.batch is not None:
+            await self.batch.drain()
+        if self.heartbeat is not None:
+            await self.heartbeat.renew()
 
     async def _serve(self) -> int:
         """Wait for a stop request (or the fetch loop dying); returns the exit code so far."""
@@ -272,7 +281,7 @@ class Worker:
             return
         if not stop.is_set():
             how = "Cold" if cold else "Warm"
-            self._how = how
+            self.shutdown = how
             logger.warning("worker: %s shutdown (%s)", how, signame or "requested")
             signals.worker_shutting_down.send(
                 sender=self.hostname, sig=signame, how=how, exitcode=1 if cold else 0
@@ -282,7 +291,7 @@ class Worker:
                 cold_event.set()
         elif not cold_event.is_set() and (cold or signame is not None):
             logger.warning("worker: Cold shutdown (%s)", signame or "requested")
-            self._how = "Cold"
+            self.shutdown = "Cold"
             cold_event.set()
 
     async def _shutdown(self) -> bool:

@@ -131,7 +131,7 @@ def _positive(value: Any) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A delivery that cannot be run, and why (``reason`` is one line)."""
+    """A delivery that cannot be run, and why (``reason`` is made one line)."""
 
     delivery: Delivery
     reason: str
@@ -141,6 +141,9 @@ class Invalid:
     message: TaskMessage | None = None
     #: stored as the task's FAILURE when the task id is known
     exc: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", " ".join(self.reason.split()))
 
     @property
     def label(self) -> str:

@@ -147,6 +147,8 @@ def _discard_result(task: asyncio.Task[Any]) -> None:
 
 async def run_coroutine_job(job: Job) -> Outcome:
     """Run an ``async def`` task on the current loop with its soft and hard time limits."""
+    if not job.soft_time_limit and not job.time_limit:
+        return await aexecute(job.task, job.request)  # nothing to enforce: no extra task
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     driver = _SoftLimited(aexecute(job.task, job.request))

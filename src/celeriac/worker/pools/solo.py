@@ -3,10 +3,11 @@
 As in Celery, this is for debugging and for code that must run in the worker's main thread
 (``signal.signal``, some GUI/C libraries). While a synchronous task runs, the event loop is
 blocked: no message is fetched, acknowledged or renewed, and shutdown signals are handled when
-the task returns. A task running longer than the broker lease (``visibility_timeout``,
-default 60 s) may therefore be handed to another worker; the pool renews every lease right
-before each task and logs a warning after a task that overran the lease. Use the ``threads``
-pool for long tasks.
+the task returns. So before each synchronous task the worker writes everything earlier tasks
+produced (results, acks, follow-up messages) and renews every lease (``before_inline``). A task
+running longer than the broker lease (``visibility_timeout``, default 60 s) may still be handed
+to another worker; the pool logs a warning after a task that overran the lease. Use the
+``threads`` pool for long tasks.
 
 Time limits: a timer thread raises ``SoftTimeLimitExceeded`` (soft) or ``TimeLimitExceeded``
 (hard) inside the running task, at its next Python bytecode.
@@ -41,7 +42,7 @@ class SoloPool(Pool):
     ) -> None:
         super().__init__(1)
         self.lease_seconds = lease_seconds
-        #: awaited before each inline task (the worker renews its leases there)
+        #: awaited before each inline task (the worker flushes its I/O and renews leases)
         self.before_inline = before_inline
 
     async def run_sync(self, job: Job) -> Outcome:

@@ -1,0 +1,27 @@
+"""Celeriac's benchmark app (``-A bench.apps.celeriac_app``)."""
+
+from __future__ import annotations
+
+import os
+
+from celeriac import Celeriac
+
+from bench.marks import mark
+
+app = Celeriac(
+    "bench",
+    broker=os.environ["BENCH_BROKER_URL"],
+    backend=os.environ.get("BENCH_BACKEND_URL") or None,
+)
+
+
+@app.task(name="bench.add")
+def add(x: int, y: int) -> int:
+    mark()
+    return x + y
+
+
+@app.task(name="bench.add_nr", ignore_result=True)
+def add_nr(x: int, y: int) -> int:
+    mark()
+    return x + y

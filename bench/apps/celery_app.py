@@ -1,0 +1,28 @@
+"""Celery's benchmark app (``-A bench.apps.celery_app``): Celery 5 defaults, JSON."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from bench.marks import mark
+
+app = Celery(
+    "bench",
+    broker=os.environ["BENCH_BROKER_URL"],
+    backend=os.environ.get("BENCH_BACKEND_URL") or None,
+)
+app.conf.update(broker_connection_retry_on_startup=True)
+
+
+@app.task(name="bench.add")
+def add(x: int, y: int) -> int:
+    mark()
+    return x + y
+
+
+@app.task(name="bench.add_nr", ignore_result=True)
+def add_nr(x: int, y: int) -> int:
+    mark()
+    return x + y

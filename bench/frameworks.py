@@ -1,0 +1,116 @@
+"""What the scenarios need from a framework, and the registry of frameworks.
+
+An adapter is created inside a scenario subprocess (so each run imports its framework afresh)
+and offers: ``delay``/``get`` for one call, ``enqueue_bulk`` (its bulk path, or None),
+``preload`` (fill the queue before a drain) and ``worker_argv`` (the command of a worker with a
+pool and a concurrency). ``available(name)`` tells, without importing it, whether the package is
+installed, for the clean "not installed" skip of ``--peers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+#: framework name -> (adapter "module:Class", package that must be installed)
+FRAMEWORKS: dict[str, tuple[str, str]] = {
+    "celeriac": ("bench.fw_celeriac:CeleriacAdapter", "celeriac"),
+    "celery": ("bench.fw_celery:CeleryAdapter", "celery"),
+    "huey": ("bench.fw_huey:HueyAdapter", "huey"),
+    "dramatiq": ("", "dramatiq"),
+    "rq": ("", "rq"),
+    "arq": ("", "arq"),
+    "taskiq": ("", "taskiq"),
+}
+
+#: the queue every framework publishes to (kombu's list key for Celery and Celeriac)
+QUEUE = "celery"
+
+
+def available(name: str) -> bool:
+    """Whether the package behind framework ``name`` is installed (nothing is imported)."""
+    return importlib.util.find_spec(FRAMEWORKS[name][1]) is not None
+
+
+def implemented(name: str) -> bool:
+    """Whether the benchmark has an adapter for framework ``name``."""
+    return bool(FRAMEWORKS[name][0])
+
+
+def load(name: str) -> Adapter:
+    """Import framework ``name`` and return its adapter (call inside a scenario subprocess)."""
+    path = FRAMEWORKS[name][0]
+    module_name, _, attr = path.partition(":")
+    adapter: Adapter = getattr(importlib.import_module(module_name), attr)()
+    return adapter
+
+
+def redis_client(url: str | None = None) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url or os.environ["BENCH_REDIS_URL"])
+
+
+class Adapter:
+    """Base adapter: the parts every framework on the kombu Redis layout shares."""
+
+    name = ""
+    app_module = ""
+
+    def task(self, name: str) -> Any:
+        return getattr(importlib.import_module(self.app_module), name)
+
+    def delay(self, task: str, *args: Any) -> Any:
+        return self.task(task).delay(*args)
+
+    def get(self, handle: Any, timeout: float) -> Any:
+        return handle.get(timeout=timeout)
+
+    def bulk_paths(self) -> dict[str, Callable[[str, int], None]]:
+        """Description -> function sending ``count`` calls of ``task`` by a bulk path."""
+        return {}
+
+    def preload(self, task: str, count: int) -> str:
+        """Queue ``count`` calls of ``task`` before a worker starts; returns how."""
+        self.delay(task, 2, 3)
+        clone_head(redis_client(), QUEUE, count)
+        return "one delay(), cloned with fresh ids (pipelined LPUSH)"
+
+    def worker_argv(self, pool: str, concurrency: int) -> list[str]:
+        raise NotImplementedError
+
+    def python(self) -> str:
+        return sys.executable
+
+
+def clone_head(client: Any, key: str, count: int, chunk: int = 2000) -> int:
+    """Replace the one message in list ``key`` by ``count`` copies with fresh task ids.
+
+    Works on kombu's Redis envelope (Celery's and Celeriac's wire format): ``headers.id``,
+    ``headers.root_id``, ``properties.correlation_id`` and ``properties.delivery_tag`` are new
+    for each copy, so each copy is a distinct task with its own result key. Returns the size of
+    one message in bytes.
+    """
+    raw = client.lindex(key, 0)
+    if raw is None:
+        raise RuntimeError(f"no message in {key!r} to clone")
+    client.delete(key)
+    envelope = json.loads(raw)
+    headers, properties = envelope["headers"], envelope["properties"]
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        task_id = str(uuid.uuid4())
+        headers["id"] = headers["root_id"] = task_id
+        properties["correlation_id"] = task_id
+        properties["delivery_tag"] = str(uuid.uuid4())
+        pipe.lpush(key, json.dumps(envelope))
+        if (i + 1) % chunk == 0:
+            pipe.execute()
+    pipe.execute()
+    return len(raw)

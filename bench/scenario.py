@@ -1,0 +1,195 @@
+"""One scenario for one framework, in its own process: ``python -m bench.scenario FW NAME JSON``.
+
+Prints ``BENCH-RESULT <json>`` as its last line. The URLs come from the environment:
+``BENCH_REDIS_URL`` (the private Redis: flushed before each step, and where execution marks go),
+``BENCH_BROKER_URL`` and ``BENCH_BACKEND_URL`` (the framework's; the same Redis, or a SQLite file).
+
+Scenarios
+    ``enqueue``    ``count`` single ``delay()`` calls, then ``count`` through the bulk path.
+    ``drain``      ``count`` calls of ``task`` queued first, then a worker (``pool``,
+                   ``concurrency``): first to last execution (``bench.marks``).
+    ``roundtrip``  a worker, then ``count`` sequential ``delay().get()``; raw PING RTT beside.
+    ``idle``       a worker, one round trip to know it is up, then its peak RSS over a while.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from bench import frameworks, marks
+from bench.stats import percentile
+from bench.workers import WorkerProcess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _flush() -> None:
+    frameworks.redis_client().flushdb()
+
+
+def _worker(adapter: frameworks.Adapter, pool: str, concurrency: int, **env: str) -> WorkerProcess:
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **env}
+    return WorkerProcess(adapter.worker_argv(pool, concurrency), env=full_env, cwd=ROOT)
+
+
+def ping_rtt(count: int = 1000) -> dict[str, float]:
+    """Raw Redis round trip (PING) p50/p99 in ms, measured now from this process."""
+    client = frameworks.redis_client()
+    client.ping()
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.ping()
+        times.append((time.perf_counter() - start) * 1000)
+    return {"p50": percentile(times, 50), "p99": percentile(times, 99)}
+
+
+def enqueue(adapter: frameworks.Adapter, count: int, task: str = "add") -> dict[str, Any]:
+    client = frameworks.redis_client()
+    _flush()
+    paths = adapter.bulk_paths()
+    for i in range(min(200, count)):  # warm up: connections, script loading, imports
+        adapter.delay(task, i, i)
+    for send in paths.values():
+        send(task, 10)
+    _flush()
+    start = time.perf_counter()
+    for i in range(count):
+        adapter.delay(task, i, i)
+    single = time.perf_counter() - start
+    head = client.lindex(frameworks.QUEUE, 0)
+    _flush()
+    result: dict[str, Any] = {
+        "single_rate": count / single,
+        "message_bytes": len(head) if head else None,
+        "bulk": {},
+    }
+    for name, send in paths.items():
+        start = time.perf_counter()
+        send(task, count)
+        seconds = time.perf_counter() - start
+        if client.llen(frameworks.QUEUE) != count:
+            raise RuntimeError(f"{name}: {client.llen(frameworks.QUEUE)} queued, not {count}")
+        result["bulk"][name] = count / seconds
+        _flush()
+    if paths:
+        best = max(result["bulk"], key=result["bulk"].get)
+        result["bulk_rate"], result["bulk_path"] = result["bulk"][best], best
+    return result
+
+
+def _wait_done(
+    worker: WorkerProcess, count: int, timeout: float
+) -> tuple[int, float | None, float | None]:
+    client = frameworks.redis_client()
+    deadline = time.monotonic() + timeout
+    done, first, last = 0, None, None
+    while time.monotonic() < deadline:
+        done, first, last = marks.read(client)
+        if done >= count:
+            break
+        worker.check()
+        time.sleep(0.02)
+    return done, first, last
+
+
+def drain(
+    adapter: frameworks.Adapter, count: int, task: str, pool: str, concurrency: int
+) -> dict[str, Any]:
+    _flush()
+    if hasattr(adapter, "flush_broker"):
+        adapter.flush_broker()
+    start = time.perf_counter()
+    how = adapter.preload(task, count)
+    preload_seconds = time.perf_counter() - start
+    timeout = 60 + count / 50
+    env = {"BENCH_MARK_URL": os.environ["BENCH_REDIS_URL"]}
+    with _worker(adapter, pool, concurrency, **env) as worker:
+        done, first, last = _wait_done(worker, count, timeout)
+        started_at = worker.started_at
+    client = frameworks.redis_client()
+    results = sum(1 for _ in client.scan_iter(match="celery-task-meta-*", count=1000))
+    _flush()
+    if done < count or first is None or last is None:
+        raise RuntimeError(f"only {done} of {count} tasks ran within {timeout:.0f} s")
+    seconds = last - first
+    return {
+        "rate": count / seconds if seconds > 0 else float("inf"),
+        "seconds": seconds,
+        "startup_to_first": first - started_at,
+        "preload": how,
+        "preload_seconds": preload_seconds,
+        "results_stored": results,
+    }
+
+
+def _until_up(adapter: frameworks.Adapter, worker: WorkerProcess, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    handle = adapter.delay("add", 1, 1)
+    while True:
+        worker.check()
+        try:
+            adapter.get(handle, timeout=1.0)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+
+
+def roundtrip(
+    adapter: frameworks.Adapter, count: int, pool: str, concurrency: int
+) -> dict[str, Any]:
+    _flush()
+    with _worker(adapter, pool, concurrency) as worker:
+        _until_up(adapter, worker)
+        for i in range(50):
+            adapter.get(adapter.delay("add", i, i), timeout=10)
+        raw_before = ping_rtt()
+        times = []
+        for i in range(count):
+            start = time.perf_counter()
+            adapter.get(adapter.delay("add", i, i), timeout=10)
+            times.append((time.perf_counter() - start) * 1000)
+        raw_after = ping_rtt()
+    _flush()
+    return {
+        "p50": percentile(times, 50),
+        "p99": percentile(times, 99),
+        "mean": sum(times) / len(times),
+        "raw_ping_p50": (raw_before["p50"] + raw_after["p50"]) / 2,
+    }
+
+
+def idle(
+    adapter: frameworks.Adapter, pool: str, concurrency: int, seconds: float = 2.0
+) -> dict[str, Any]:
+    _flush()
+    with _worker(adapter, pool, concurrency) as worker:
+        _until_up(adapter, worker)
+        time.sleep(0.5)
+        peak = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            peak = max(peak, worker.rss())
+            time.sleep(0.05)
+    _flush()
+    return {"rss_mb": peak / 2**20}
+
+
+SCENARIOS = {"enqueue": enqueue, "drain": drain, "roundtrip": roundtrip, "idle": idle}
+
+
+def main(argv: list[str]) -> int:
+    framework, name, params = argv[0], argv[1], json.loads(argv[2] if len(argv) > 2 else "{}")
+    adapter = frameworks.load(framework)
+    result = SCENARIOS[name](adapter, **params)
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
