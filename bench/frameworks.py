@@ -62,6 +62,8 @@ class Adapter:
 
     name = ""
     app_module = ""
+    #: the Redis list its messages wait in
+    queue_key = QUEUE
 
     def task(self, name: str) -> Any:
         return getattr(importlib.import_module(self.app_module), name)

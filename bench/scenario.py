@@ -61,7 +61,7 @@ def enqueue(adapter: frameworks.Adapter, count: int, task: str = "add") -> dict[
     for i in range(count):
         adapter.delay(task, i, i)
     single = time.perf_counter() - start
-    head = client.lindex(frameworks.QUEUE, 0)
+    head = client.lindex(adapter.queue_key, 0)
     _flush()
     result: dict[str, Any] = {
         "single_rate": count / single,
@@ -72,8 +72,9 @@ def enqueue(adapter: frameworks.Adapter, count: int, task: str = "add") -> dict[
         start = time.perf_counter()
         send(task, count)
         seconds = time.perf_counter() - start
-        if client.llen(frameworks.QUEUE) != count:
-            raise RuntimeError(f"{name}: {client.llen(frameworks.QUEUE)} queued, not {count}")
+        queued = client.llen(adapter.queue_key)
+        if queued != count:
+            raise RuntimeError(f"{name}: {queued} queued, not {count}")
         result["bulk"][name] = count / seconds
         _flush()
     if paths:

@@ -43,7 +43,9 @@ class RedisServer:
     def __init__(self, executable: str | None = None, port: int | None = None) -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
-            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed (Debian: apt-get install redis-server)"
+            )
         self.executable = found
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None

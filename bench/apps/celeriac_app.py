@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from celeriac import Celeriac
-
 from bench.marks import mark
+from celeriac import Celeriac
 
 app = Celeriac(
     "bench",

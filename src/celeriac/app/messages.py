@@ -273,6 +273,7 @@ def from_signature(
     if chain is not None:
         options["chain"] = chain
     if parent is not None:
+        options.setdefault("priority", parent.priority)  # as Celery's trace passes it on
         options.setdefault("parent_id", parent.id)
         options.setdefault("root_id", parent.root_id or parent.id)
     name = str(sig["task"])

@@ -5,7 +5,11 @@ A driver implements ``KeyValueStore`` (get/mget/set/delete/incr/wait_for_change/
 store: serialisation with ``result_serializer``, "a SUCCESS is never overwritten", waiting for a
 ready state, group records (``celery-taskset-meta-<id>``), expiry (``result_expires``).
 
-``AsyncResultBackend`` is the worker's view (records written in batches per loop turn): it runs a
+``AsyncResultBackend`` is the worker's view (records written in batches per loop turn). A driver
+whose client library is async-native also implements ``AsyncKeyValueStore`` (the same primitives,
+awaited) and registers it in ``celeriac.backends.urls.ASYNC_STORES``: ``AsyncResultBackend``
+then runs on the event loop with the same record logic (a batch of records costs one read of
+the records it might not overwrite, and one pipelined write). For other drivers it runs the
 synchronous ``ResultBackend`` on one I/O thread.
 """
 
@@ -94,6 +98,65 @@ class KeyValueStore(ABC):
         return redact_url(self.url)
 
 
+class AsyncKeyValueStore(ABC):
+    """``KeyValueStore``'s primitives for an event loop, for drivers with a native async client.
+
+    Same keys, values and semantics as the driver's ``KeyValueStore`` (both are views of one
+    store): the worker writes through this one while clients read through the other.
+    """
+
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.options: dict[str, Any] = dict(options or {})
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(k) for k in keys]
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes, expires: float | None) -> None: ...
+
+    async def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        """Several sets in one round trip where the driver can."""
+        for key, value, expires in items:
+            await self.set(key, value, expires)
+
+    @abstractmethod
+    async def delete(self, keys: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    async def incr(self, key: str, amount: int = 1, expires: float | None = None) -> int: ...
+
+    async def wait_for_change(
+        self, key: str, previous: bytes | None, timeout: float
+    ) -> bytes | None:
+        """As ``KeyValueStore.wait_for_change``; the default polls with backoff."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            value = await self.get(key)
+            remaining = deadline - time.monotonic()
+            if value != previous or remaining <= 0:
+                return value
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
+
+    async def cleanup(self) -> int:
+        return 0
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Idempotent."""
+
+    def describe(self) -> str:
+        from celeriac._internal.urls import redact_url
+
+        return redact_url(self.url)
+
+
 class ResultBackend:
     """Celery's result records on top of a ``KeyValueStore``."""
 
@@ -143,18 +206,32 @@ class ResultBackend:
     def store_many(self, metas: Sequence[ResultMeta]) -> None:
         if not metas:
             return
+        keys, reads = self._plan(metas)
+        current = dict(zip(reads, self.store.mget(reads), strict=True)) if reads else {}
+        self.store.set_many(self._writes(metas, keys, current))
+
+    def _plan(self, metas: Sequence[ResultMeta]) -> tuple[list[str], list[str]]:
+        """(the key of each meta, the keys to read first: a non-SUCCESS record is not written
+        over a stored SUCCESS, so only those writes need the current record)."""
         keys = [self.key_for(m.task_id) for m in metas]
-        current = self.store.mget(keys)
+        reads = [k for k, m in zip(keys, metas, strict=True) if m.status != states.SUCCESS]
+        return keys, list(dict.fromkeys(reads))
+
+    def _writes(
+        self, metas: Sequence[ResultMeta], keys: Sequence[str], current: dict[str, bytes | None]
+    ) -> list[tuple[str, bytes, float | None]]:
+        """The (key, record, expiry) writes of ``metas``, given the records read by ``_plan``."""
         items: list[tuple[str, bytes, float | None]] = []
-        for key, meta, existing in zip(keys, metas, current, strict=True):
-            if existing is not None and meta.status != states.SUCCESS:
+        for key, meta in zip(keys, metas, strict=True):
+            existing = current.get(key) if meta.status != states.SUCCESS else None
+            if existing is not None:
                 try:
                     if self.decode_meta(meta.task_id, existing).status == states.SUCCESS:
                         continue
                 except DecodeError:
                     pass
             items.append((key, self.encode_meta(meta), self.expires))
-        self.store.set_many(items)
+        return items
 
     def forget(self, task_id: str) -> None:
         self.store.delete([self.key_for(task_id)])
@@ -223,37 +300,75 @@ class ResultBackend:
 
 
 class AsyncResultBackend:
-    """The worker's view of a ``ResultBackend``: the same calls, awaited, run on one I/O thread.
+    """The worker's view of a ``ResultBackend``: the same calls, awaited.
 
-    Drivers with native async clients may subclass and override.
+    ``store``: an ``AsyncKeyValueStore`` over the same data as ``backend.store``. When omitted,
+    the native async store of ``backend.store``'s driver is used if it has one
+    (``celeriac.backends.urls.ASYNC_STORES``; ``native=False`` declines it); without one, the
+    calls run the synchronous ``backend`` on one I/O thread. ``close`` closes what this object
+    opened (the native store, or the thread), never ``backend``.
     """
 
-    def __init__(self, backend: ResultBackend) -> None:
+    def __init__(
+        self,
+        backend: ResultBackend,
+        store: AsyncKeyValueStore | None = None,
+        *,
+        native: bool = True,
+    ) -> None:
         self.sync = backend
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, "celeriac-results")
+        self._owns_store = False
+        if store is None and native:
+            from celeriac.backends.urls import native_async_store
+
+            store = native_async_store(backend.store)
+            self._owns_store = store is not None
+        self.store = store
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if store is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "celeriac-results")
 
     async def _run(self, func: Any, *args: Any) -> Any:
+        assert self._pool is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, func, *args)
 
     async def store_many(self, metas: Sequence[ResultMeta]) -> None:
-        if metas:
+        if not metas:
+            return
+        if self.store is None:
             await self._run(self.sync.store_many, list(metas))
+            return
+        keys, reads = self.sync._plan(metas)
+        current = dict(zip(reads, await self.store.mget(reads), strict=True)) if reads else {}
+        await self.store.set_many(self.sync._writes(metas, keys, current))
 
     async def get_meta(self, task_id: str) -> ResultMeta:
-        meta: ResultMeta = await self._run(self.sync.get_meta, task_id)
-        return meta
+        if self.store is None:
+            meta: ResultMeta = await self._run(self.sync.get_meta, task_id)
+            return meta
+        payload = await self.store.get(self.sync.key_for(task_id))
+        if payload is None:
+            return self.sync.pending(task_id)
+        return self.sync.decode_meta(task_id, payload)
 
     async def incr(self, key: str, amount: int = 1) -> int:
-        value: int = await self._run(self.sync.store.incr, key, amount, self.sync.expires)
-        return value
+        if self.store is None:
+            value: int = await self._run(self.sync.store.incr, key, amount, self.sync.expires)
+            return value
+        return await self.store.incr(key, amount, self.sync.expires)
 
     async def cleanup(self) -> int:
-        removed: int = await self._run(self.sync.cleanup)
-        return removed
+        if self.store is None:
+            removed: int = await self._run(self.sync.cleanup)
+            return removed
+        return await self.store.cleanup()
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self.store is not None and self._owns_store:
+            await self.store.close()
 
     def describe(self) -> str:
         return self.sync.describe()

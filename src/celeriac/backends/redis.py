@@ -1,5 +1,9 @@
 """Redis result store, as Celery's Redis result backend writes it.
 
+``RedisStore`` (sync, redis-py: clients, and the worker's fallback) and ``AsyncRedisStore``
+(redis.asyncio: the worker's ``AsyncResultBackend`` writes through it on its event loop;
+registered in ``celeriac.backends.urls.ASYNC_STORES``) are two views of the same data.
+
 URLs
     ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
     ``redis+socket:///path/redis.sock[?virtual_host=db]``, and
@@ -9,8 +13,10 @@ URLs
 Options (``result_backend_transport_options``)
     ``global_keyprefix`` (on every key and channel), ``socket_timeout``,
     ``socket_connect_timeout``, ``socket_keepalive``, ``retry_on_timeout``, ``max_connections``,
-    ``health_check_interval``, ``client_name``, ``username``/``password``, ``retry_policy``
-    (``max_retries``, ``interval_max``): reconnect with exponential backoff.
+    ``health_check_interval``, ``client_name``, ``username``/``password``; reconnecting, at the
+    top level or in ``retry_policy``: ``max_retries`` (3, redis-py's per command),
+    ``interval_start`` (0.05 s), ``interval_step`` (0.25 s), ``interval_max`` (2 s),
+    ``connect_retries_timeout`` (20 s).
 
 Keys and writes (spec §5.1)
     One STRING per key (``celery-task-meta-<id>``, ``celery-taskset-meta-<id>``, counters),
@@ -25,6 +31,15 @@ Waiting
     caller's read and the subscription is not missed), then wakes on each message. Deletes and
     expiry publish nothing, so the key is also re-read at most every second.
 
+Reconnecting
+    As the Redis transport: redis-py retries a command on a dropped connection, and above that
+    every call is tried again with kombu's backoff (``interval_start`` growing by
+    ``interval_step`` up to ``interval_max``) while the outage is younger than
+    ``connect_retries_timeout``; then ``OperationalError``. Each outage is logged once when it
+    starts and once when it ends. A ``wait_for_change`` whose deadline passes during an outage
+    returns ``previous`` (nothing seen to change). Writes are idempotent (SET), except ``incr``:
+    a retry after a reply lost with the connection may count twice.
+
 Guarantees
     Every write is atomic with its notification. Errors from redis-py are raised as
     ``OperationalError``. Connections are made on first use and are fork-safe (redis-py pools).
@@ -32,21 +47,24 @@ Guarantees
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
+import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from celeriac.backends.base import KeyValueStore
+from celeriac.backends.base import AsyncKeyValueStore, KeyValueStore
 from celeriac.exceptions import ImproperlyConfigured, OperationalError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _CLIENT_OPTIONS = (
     "socket_timeout",
@@ -68,6 +86,9 @@ _CLIENT_OPTIONS = (
 
 #: longest wait between two re-reads in ``wait_for_change`` (deletes and expiry publish nothing)
 RECHECK_SECONDS = 1.0
+#: lost connections (retried); authentication errors are ConnectionErrors no retry can fix
+_RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
+_FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
 
 def _as_bytes(value: Any) -> bytes | None:
@@ -78,6 +99,53 @@ def _expiry_ms(expires: float | None) -> int | None:
     return None if expires is None else max(1, round(expires * 1000))
 
 
+def _policy(options: dict[str, Any]) -> dict[str, Any]:
+    return {**options, **dict(options.get("retry_policy") or {})}
+
+
+class _Link:
+    """One client's outage window and backoff; logs each outage once (as the transport's)."""
+
+    def __init__(self, where: str, options: dict[str, Any]) -> None:
+        policy = _policy(options)
+        self.where = where
+        self.start = max(0.0, float(policy.get("interval_start", 0.05)))
+        self.step = max(0.0, float(policy.get("interval_step", 0.25)))
+        self.cap = max(0.01, float(policy.get("interval_max", 2.0)))
+        self.window = float(policy.get("connect_retries_timeout", 20.0))
+        self.down_since: float | None = None
+        self.failures = 0
+
+    def lost(self, what: str, exc: Exception, now: float) -> float:
+        """The delay before trying again; raises ``OperationalError`` when it should not."""
+        if isinstance(exc, _FATAL) or not isinstance(exc, _RETRYABLE):
+            raise OperationalError(f"Redis {what} failed on {self.where}: {exc}") from exc
+        if self.down_since is None:
+            self.down_since, self.failures = now, 0
+            logger.warning(
+                "Redis %s unreachable (%s); reconnecting with backoff for up to %.0f s",
+                self.where,
+                exc,
+                self.window,
+            )
+        delay = min(self.start + self.failures * self.step, self.cap)
+        self.failures += 1
+        if now + delay > self.down_since + self.window:
+            raise OperationalError(
+                f"Redis {what} failed on {self.where}: {exc} "
+                f"(unreachable for {now - self.down_since:.1f} s)"
+            ) from exc
+        return delay
+
+    def ok(self, now: float) -> None:
+        if self.down_since is not None:
+            logger.warning(
+                "Redis %s reachable again after %.1f s", self.where, now - self.down_since
+            )
+            self.down_since = None
+
+
+# -- clients -----------------------------------------------------------------------------------
 def _unix_url(url: str) -> str:
     """kombu's ``redis+socket:///path?virtual_host=N`` as redis-py's ``unix:///path?db=N``."""
     parts = urlsplit(url)
@@ -88,9 +156,8 @@ def _unix_url(url: str) -> str:
     return f"unix://{auth}{parts.path}?db={db}{extra}"
 
 
-def _sentinel_client(url: str, options: dict[str, Any], kwargs: dict[str, Any]) -> redis.Redis:
-    from redis.sentinel import Sentinel
-
+def _sentinel_spec(url: str, options: dict[str, Any]) -> tuple[list[tuple[str, int]], str, dict]:  # type: ignore[type-arg]
+    """(sentinel nodes, master name, master auth) of a ``sentinel://`` URL."""
     master = options.get("master_name")
     if not master:
         raise ImproperlyConfigured("a sentinel:// result_backend needs the master_name option")
@@ -104,27 +171,63 @@ def _sentinel_client(url: str, options: dict[str, Any], kwargs: dict[str, Any]) 
             auth.setdefault("password", unquote(parts.password))
         if parts.path.strip("/"):
             auth["db"] = int(parts.path.strip("/"))
-    sentinel = Sentinel(nodes, sentinel_kwargs=options.get("sentinel_kwargs"), **kwargs)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(master, **auth)  # type: ignore[no-untyped-call]
-    return client
+    return nodes, str(master), auth
+
+
+def _client_spec(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+    """(scheme kind "sentinel"/"url", client kwargs, redis-py retries) for ``url``."""
+    kwargs = {k: options[k] for k in _CLIENT_OPTIONS if k in options}
+    retries = _policy(options).get("max_retries")
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sentinel":
+        return "sentinel", kwargs, 3 if retries is None else int(retries)
+    if scheme not in ("redis", "rediss", "unix", "redis+socket", "socket"):
+        raise ImproperlyConfigured(f"not a Redis URL scheme: {scheme!r}")
+    return "url", kwargs, 3 if retries is None else int(retries)
+
+
+def _backoff(options: dict[str, Any]) -> ExponentialBackoff:
+    return ExponentialBackoff(cap=float(_policy(options).get("interval_max", 2.0)), base=0.05)
+
+
+def _plain_url(url: str) -> str:
+    scheme = url.partition("://")[0].lower()
+    return _unix_url(url) if scheme in ("redis+socket", "socket") else url
 
 
 def make_client(url: str, options: dict[str, Any]) -> redis.Redis:
     """A redis-py client for a Celery-style Redis URL and transport options."""
-    policy = dict(options.get("retry_policy") or {})
-    backoff = ExponentialBackoff(cap=float(policy.get("interval_max", 2.0)), base=0.05)
-    kwargs = {k: options[k] for k in _CLIENT_OPTIONS if k in options}
-    kwargs["retry"] = Retry(backoff, int(policy.get("max_retries", 3)))
-    scheme = url.partition("://")[0].lower()
-    if scheme == "sentinel":
-        return _sentinel_client(url, options, kwargs)
-    if scheme in ("redis+socket", "socket"):
-        url = _unix_url(url)
-    elif scheme not in ("redis", "rediss", "unix"):
-        raise ImproperlyConfigured(f"not a Redis URL scheme: {scheme!r}")
-    return redis.Redis.from_url(url, **kwargs)
+    from redis.retry import Retry
+
+    kind, kwargs, retries = _client_spec(url, options)
+    kwargs["retry"] = Retry(_backoff(options), retries)
+    if kind == "sentinel":
+        from redis.sentinel import Sentinel
+
+        nodes, master, auth = _sentinel_spec(url, options)
+        sentinel = Sentinel(nodes, sentinel_kwargs=options.get("sentinel_kwargs"), **kwargs)  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(master, **auth)  # type: ignore[no-untyped-call]
+        return client
+    return redis.Redis.from_url(_plain_url(url), **kwargs)
 
 
+def make_async_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    """The redis.asyncio twin of ``make_client``."""
+    from redis.asyncio.retry import Retry
+
+    kind, kwargs, retries = _client_spec(url, options)
+    kwargs["retry"] = Retry(_backoff(options), retries)
+    if kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        nodes, master, auth = _sentinel_spec(url, options)
+        sentinel = Sentinel(nodes, sentinel_kwargs=options.get("sentinel_kwargs"), **kwargs)  # type: ignore[no-untyped-call]
+        client: aioredis.Redis = sentinel.master_for(master, **auth)
+        return client
+    return aioredis.Redis.from_url(_plain_url(url), **kwargs)
+
+
+# -- the sync store ----------------------------------------------------------------------------
 class RedisStore(KeyValueStore):
     """``KeyValueStore`` on Redis: SET+PUBLISH in one MULTI, pub/sub waits (see module doc)."""
 
@@ -134,90 +237,197 @@ class RedisStore(KeyValueStore):
         super().__init__(url, options=options)
         self.prefix = str(self.options.get("global_keyprefix", "") or "")
         self._client = make_client(url, self.options)
-        self._down = False
+        self._link = _Link(self.describe(), self.options)
 
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except redis.RedisError as exc:
-            if not self._down and isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-                self._down = True
-                logger.warning("Redis %s unreachable (%s)", self.describe(), exc)
-            raise OperationalError(f"Redis {what} failed on {self.describe()}: {exc}") from exc
-        if self._down:
-            self._down = False
-            logger.warning("Redis %s reachable again", self.describe())
+    def _run(self, what: str, func: Callable[..., T], *args: Any) -> T:
+        while True:
+            try:
+                result = func(*args)
+            except redis.RedisError as exc:
+                time.sleep(self._link.lost(what, exc, time.monotonic()))
+                continue
+            self._link.ok(time.monotonic())
+            return result
 
     def _key(self, key: str) -> str:
         return self.prefix + key
 
     def get(self, key: str) -> bytes | None:
-        with self._errors("get"):
-            value: Any = self._client.get(self._key(key))
-        return _as_bytes(value)
+        return _as_bytes(self._run("get", self._client.get, self._key(key)))
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        with self._errors("mget"):
-            values: list[Any] = self._client.mget([self._key(k) for k in keys])
+        values: list[Any] = self._run("mget", self._client.mget, [self._key(k) for k in keys])
         return [_as_bytes(v) for v in values]
 
     def set(self, key: str, value: bytes, expires: float | None) -> None:
         self.set_many([(key, value, expires)])
 
     def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
-        if not items:
-            return
+        if items:
+            self._run("set", self._set_many, items)
+
+    def _set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
         pipe = self._client.pipeline(transaction=True)
         for key, value, expires in items:
             full = self._key(key)
             pipe.set(full, value, px=_expiry_ms(expires))
             pipe.publish(full, value)
-        with self._errors("set"):
-            pipe.execute()
+        pipe.execute()
 
     def delete(self, keys: Sequence[str]) -> None:
         if keys:
-            with self._errors("delete"):
-                self._client.delete(*[self._key(k) for k in keys])
+            self._run("delete", self._client.delete, *[self._key(k) for k in keys])
 
     def incr(self, key: str, amount: int = 1, expires: float | None = None) -> int:
-        full = self._key(key)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.incrby(full, amount)
-        if expires is not None:
-            pipe.pexpire(full, _expiry_ms(expires) or 1)
-        with self._errors("incr"):
+        def incr() -> int:
+            full = self._key(key)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.incrby(full, amount)
+            if expires is not None:
+                pipe.pexpire(full, _expiry_ms(expires) or 1)
             return int(pipe.execute()[0])
+
+        return self._run("incr", incr)
 
     def wait_for_change(self, key: str, previous: bytes | None, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
         full = self._key(key)
-        with self._errors("wait_for_change"):
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(full)
-                return self._wait(pubsub, full, previous, deadline)
-            finally:
-                with contextlib.suppress(redis.RedisError):
-                    pubsub.close()
-
-    def _wait(
-        self, pubsub: Any, full: str, previous: bytes | None, deadline: float
-    ) -> bytes | None:
-        step = 0.05
         while True:
-            value = _as_bytes(self._client.get(full))
-            remaining = deadline - time.monotonic()
-            if value != previous or remaining <= 0:
-                return value
-            wait = min(remaining, step)
-            message = pubsub.get_message(timeout=wait)
-            if message is None:
-                step = min(step * 2, RECHECK_SECONDS)
+            try:
+                value = self._watch(full, previous, deadline)
+            except redis.RedisError as exc:
+                delay = self._link.lost("wait_for_change", exc, time.monotonic())
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return previous
+                time.sleep(min(delay, remaining))
+                continue
+            self._link.ok(time.monotonic())
+            return value
+
+    def _watch(self, full: str, previous: bytes | None, deadline: float) -> bytes | None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(full)
+            step = 0.05
+            while True:
+                value = _as_bytes(self._client.get(full))
+                remaining = deadline - time.monotonic()
+                if value != previous or remaining <= 0:
+                    return value
+                if pubsub.get_message(timeout=min(remaining, step)) is None:
+                    step = min(step * 2, RECHECK_SECONDS)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                pubsub.close()
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):
             self._client.close()
+
+
+# -- the async store ---------------------------------------------------------------------------
+class AsyncRedisStore(AsyncKeyValueStore):
+    """``AsyncKeyValueStore`` on redis.asyncio: the same keys, writes and waits as
+    ``RedisStore``, for the worker's event loop (see the module docstring)."""
+
+    schemes = RedisStore.schemes
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options=options)
+        self.prefix = str(self.options.get("global_keyprefix", "") or "")
+        self._client = make_async_client(url, self.options)
+        self._link = _Link(self.describe(), self.options)
+
+    async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        while True:
+            try:
+                result = await func(*args)
+            except redis.RedisError as exc:
+                await asyncio.sleep(self._link.lost(what, exc, time.monotonic()))
+                continue
+            self._link.ok(time.monotonic())
+            return result
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    async def get(self, key: str) -> bytes | None:
+        return _as_bytes(await self._run("get", self._client.get, self._key(key)))
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        full = [self._key(k) for k in keys]
+        values: list[Any] = await self._run("mget", self._client.mget, full)
+        return [_as_bytes(v) for v in values]
+
+    async def set(self, key: str, value: bytes, expires: float | None) -> None:
+        await self.set_many([(key, value, expires)])
+
+    async def set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        if items:
+            await self._run("set", self._set_many, items)
+
+    async def _set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        for key, value, expires in items:
+            full = self._key(key)
+            pipe.set(full, value, px=_expiry_ms(expires))
+            pipe.publish(full, value)
+        await pipe.execute()
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._run("delete", self._client.delete, *[self._key(k) for k in keys])
+
+    async def incr(self, key: str, amount: int = 1, expires: float | None = None) -> int:
+        async def incr() -> int:
+            full = self._key(key)
+            pipe = self._client.pipeline(transaction=True)
+            pipe.incrby(full, amount)
+            if expires is not None:
+                pipe.pexpire(full, _expiry_ms(expires) or 1)
+            return int((await pipe.execute())[0])
+
+        return await self._run("incr", incr)
+
+    async def wait_for_change(
+        self, key: str, previous: bytes | None, timeout: float
+    ) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        full = self._key(key)
+        while True:
+            try:
+                value = await self._watch(full, previous, deadline)
+            except redis.RedisError as exc:
+                delay = self._link.lost("wait_for_change", exc, time.monotonic())
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return previous
+                await asyncio.sleep(min(delay, remaining))
+                continue
+            self._link.ok(time.monotonic())
+            return value
+
+    async def _watch(self, full: str, previous: bytes | None, deadline: float) -> bytes | None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(full)
+            step = 0.05
+            while True:
+                value = _as_bytes(await self._client.get(full))
+                remaining = deadline - time.monotonic()
+                if value != previous or remaining <= 0:
+                    return value
+                if await pubsub.get_message(timeout=min(remaining, step)) is None:
+                    step = min(step * 2, RECHECK_SECONDS)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                await pubsub.aclose()
+
+    async def close(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            await self._client.aclose()

@@ -192,6 +192,10 @@ class AsyncTransport(ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    def wake(self) -> None:  # noqa: B027 - optional hook
+        """Interrupt a blocked ``fetch`` (shutdown). Native async drivers may rely on the
+        caller cancelling the fetch instead; this default does nothing."""
+
 
 class ThreadedAsyncTransport(AsyncTransport):
     """Runs a synchronous driver's calls on two I/O threads: one for ``fetch``, one for the rest.
@@ -260,3 +264,6 @@ class ThreadedAsyncTransport(AsyncTransport):
 
     def describe(self) -> str:
         return self.sync.describe()
+
+    def wake(self) -> None:
+        self.sync.wake()

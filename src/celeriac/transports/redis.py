@@ -1,8 +1,9 @@
 """Redis broker drivers, wire-compatible with kombu's Redis transport (Celery 5).
 
 ``RedisTransport`` (sync, redis-py; clients and CLI) and ``AsyncRedisTransport`` (redis.asyncio;
-the worker) share the pure logic in ``redis_keys`` (layout, options, URLs, envelope handling)
-and the Lua scripts in ``redis_scripts``.
+the worker) share the pure logic in ``redis_keys`` (layout, options, URLs, envelope handling),
+the Lua scripts in ``redis_scripts``, the clients and reconnect policy in ``redis_client`` and
+the pub/sub subscriptions in ``redis_fanout``.
 
 URLs
     ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS; ``ssl_cert_reqs``,
@@ -16,9 +17,12 @@ Options (``broker_transport_options``, Celery's names)
     ``unacked_key``/``unacked_index_key``/``unacked_mutex_key``, ``unacked_mutex_expire`` (30 s),
     ``unacked_restore_interval`` (min(5 s, lease/4)), ``socket_timeout``,
     ``socket_connect_timeout``, ``socket_keepalive``, ``retry_on_timeout``, ``max_connections``,
-    ``health_check_interval``, ``client_name``, ``username``/``password``, ``retry_policy``
-    (``max_retries``, ``interval_max``: reconnect with exponential backoff), and ours:
-    ``poll_interval`` (1 s, see Waiting), ``delayed_batch`` (100).
+    ``health_check_interval``, ``client_name``, ``username``/``password``; reconnecting (see
+    ``redis_client``): ``max_retries`` (3, redis-py's per command), ``interval_start`` (0.05 s),
+    ``interval_step`` (0.25 s), ``interval_max`` (2 s), ``connect_retries_timeout`` (20 s), at
+    the top level or in ``retry_policy``; fan-out naming: ``fanout_prefix`` (True: ``/<db>.``),
+    ``fanout_patterns`` (True); and ours: ``poll_interval`` (1 s, see Waiting),
+    ``delayed_batch`` (100).
 
 Key layout (``<p>`` = ``global_keyprefix``, ``SEP`` = ``\\x06\\x16``)
     ``<p><queue>``, ``<p><queue>SEP<step>``   kombu's ready lists, one per priority step > 0;
@@ -34,6 +38,7 @@ Key layout (``<p>`` = ``global_keyprefix``, ``SEP`` = ``\\x06\\x16``)
     ``<p>celeriac.dead_letters``       hash id -> JSON ``{id, queue, step, reason, failed_at,
         delivery_count, envelope}``; ``<p>celeriac.dead_letters.index`` zset id -> failed_at.
     ``<p>celeriac.queues``             set of queue names this library published to/consumed.
+    ``<p>/<db>.<exchange>[/<routing_key>]``  pub/sub channels of fan-out exchanges (kombu's).
 
 Guarantees
     *Taking is atomic*: one Lua script (``TAKE``) moves due delayed messages to their lists and
@@ -57,38 +62,38 @@ Guarantees
     Ack/requeue/defer/dead_letter/renew act only while the consumer's lease id in ``held`` still
     matches: settling an expired delivery that was handed out again is a no-op.
     In a mixed fleet use the same ``visibility_timeout`` as the Celery workers: they do not renew.
+    *Batches*: ``ack``, ``requeue`` and ``renew`` settle any number of deliveries with one
+    script call (per 1000), which is what the worker sends once per loop turn.
+    *Reconnecting*: every call rides out a server restart or failover on its own - retried with
+    backoff for up to ``connect_retries_timeout``, logged once when the link drops and once when
+    it is back (details in ``redis_client``). What was acknowledged stays acknowledged and what
+    was held stays in ``unacked`` (with ``appendonly yes`` on the server, nothing is lost by a
+    restart); a fetch whose reply is lost leaves its messages there until their lease runs out.
 
-Redis Cluster plan
-    Celery cannot use Redis Cluster: kombu's global ``unacked``/``unacked_index`` keys live in
-    one slot while queue lists hash anywhere, so no script or MULTI can span them. Every script
-    here already declares all its keys in ``KEYS``; to run on a cluster we would (1) put every
-    key of a queue in one slot with a hash tag: ``{<queue>}``, ``{<queue>}SEP<step>``,
-    ``{<queue>}SEPceleriac.delayed``/``held``; (2) make the bookkeeping per queue -
-    ``{<queue>}SEPunacked``, ``{<queue>}SEPunacked_index``, ``{<queue>}SEPdeliveries`` - which
-    is not kombu's layout (a cluster deployment is Celeriac-only; an option ``cluster=True``);
-    (3) run the take script once per queue (one slot per call) and wait per slot; (4) keep dead
-    letters per queue and build ``dead_letters()`` by asking each; (5) restore per queue under a
-    per-queue mutex; (6) results need nothing: one key per record, PUBLISH is cluster-wide (or
-    SPUBLISH with shard channels on Redis 7).
+Fan-out (``publish_fanout``/``subscribe_fanout``, details in ``redis_fanout``)
+    Broadcast for remote control and events: PUBLISH of the kombu envelope on
+    ``/<db>.<exchange>[/<routing_key>]``, PSUBSCRIBE with kombu's patterns; nothing is stored.
+
+Redis Cluster
+    Not supported (nor by Celery); what it would take is in ``ARCHITECTURE.md``, "Redis Cluster
+    plan". Every script already declares all its keys in ``KEYS``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
-import redis.asyncio as aioredis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from celeriac.exceptions import ImproperlyConfigured, OperationalError
-from celeriac.protocol.envelope import RawMessage
+from celeriac.protocol.envelope import RawMessage, dumps_envelope
 from celeriac.transports import redis_scripts as scripts
 from celeriac.transports.base import (
     DEFAULT_LEASE_SECONDS,
@@ -97,87 +102,26 @@ from celeriac.transports.base import (
     Delivery,
     Transport,
 )
+from celeriac.transports.redis_client import Link, async_client, sync_client
+from celeriac.transports.redis_fanout import AsyncFanoutSubscription, FanoutSubscription
 from celeriac.transports.redis_keys import (
     Call,
     Core,
-    ParsedURL,
     block_seconds,
-    client_kwargs,
     parse_dead_letter,
     text,
 )
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-class _Health:
-    """Translates redis-py errors to ``OperationalError``; logs a lost/restored link once."""
-
-    def __init__(self) -> None:
-        self.down = False
-
-    @contextlib.contextmanager
-    def errors(self, what: str, url: str) -> Iterator[None]:
-        try:
-            yield
-        except redis.RedisError as exc:
-            if not self.down and isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-                self.down = True
-                logger.warning("Redis %s unreachable (%s); retrying with backoff", url, exc)
-            raise OperationalError(f"Redis {what} failed on {url}: {exc}") from exc
-        if self.down:
-            self.down = False
-            logger.warning("Redis %s reachable again", url)
-
-
-def _client_kwargs(core: Core, options: dict[str, Any], retry: Any) -> dict[str, Any]:
-    kwargs = client_kwargs(options, core.opts)
-    kwargs["retry"] = retry
-    return kwargs
-
-
-def _sentinel_args(core: Core, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    parsed: ParsedURL = core.parsed
-    if not core.opts.master_name:
-        raise ImproperlyConfigured(
-            "a sentinel:// broker URL needs the master_name transport option"
-        )
-    auth = {"db": parsed.db, "username": parsed.username, "password": parsed.password}
-    return core.opts.master_name, {k: v for k, v in auth.items() if v is not None}
-
-
-def _sync_client(core: Core, options: dict[str, Any]) -> redis.Redis:
-    retry = Retry(ExponentialBackoff(cap=core.opts.interval_max, base=0.05), core.opts.max_retries)
-    kwargs = _client_kwargs(core, options, retry)
-    if core.parsed.client_url is None:
-        from redis.sentinel import Sentinel
-
-        master, auth = _sentinel_args(core, options)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(core.parsed.sentinels), sentinel_kwargs=options.get("sentinel_kwargs"), **kwargs
-        )
-        client: redis.Redis = sentinel.master_for(master, **auth)  # type: ignore[no-untyped-call]
-        return client
-    return redis.Redis.from_url(core.parsed.client_url, **kwargs)
-
-
-def _async_client(core: Core, options: dict[str, Any]) -> aioredis.Redis:
-    from redis.asyncio.retry import Retry as AsyncRetry
-
-    retry = AsyncRetry(
-        ExponentialBackoff(cap=core.opts.interval_max, base=0.05), core.opts.max_retries
-    )
-    kwargs = _client_kwargs(core, options, retry)
-    if core.parsed.client_url is None:
-        from redis.asyncio.sentinel import Sentinel
-
-        master, auth = _sentinel_args(core, options)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(core.parsed.sentinels), sentinel_kwargs=options.get("sentinel_kwargs"), **kwargs
-        )
-        client: aioredis.Redis = sentinel.master_for(master, **auth)
-        return client
-    return aioredis.Redis.from_url(core.parsed.client_url, **kwargs)
+__all__ = [
+    "AsyncFanoutSubscription",
+    "AsyncRedisTransport",
+    "FanoutSubscription",
+    "RedisTransport",
+]
 
 
 def _raise_errors(results: list[Any]) -> list[Any]:
@@ -185,6 +129,27 @@ def _raise_errors(results: list[Any]) -> list[Any]:
         if isinstance(result, Exception):
             raise result
     return results
+
+
+def _missing_scripts(results: list[Any]) -> list[int]:
+    return [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+
+
+def _pipe_publish(
+    pipe: Any, core: Core, items: Sequence[tuple[str, RawMessage, float | None]]
+) -> set[str]:
+    """Queue the writes of ``publish_many`` on ``pipe``; returns the queues it declares."""
+    now, new = time.time(), set()
+    for queue, message, eta in items:
+        for key, member in [] if queue in new else core.declarations(queue):
+            pipe.sadd(key, member)
+        new.add(queue)
+        key, payload, score = core.encode(queue, message, eta, now)
+        if score is None:
+            pipe.lpush(key, payload)
+        else:
+            pipe.zadd(key, {payload: score})
+    return new
 
 
 class RedisTransport(Transport):
@@ -201,14 +166,26 @@ class RedisTransport(Transport):
     ) -> None:
         super().__init__(url, lease_seconds=lease_seconds, options=options)
         self._core = Core(url, lease_seconds, self.options)
-        self._health = _Health()
         self.lease_seconds = self._core.opts.visibility_timeout
-        self._client = _sync_client(self._core, self.options)
+        self._client = sync_client(self._core, self.options)
+        self._link = Link.for_core(self._core, self.describe())
+        #: the connection ``fetch`` blocks on (its own, so ``wake`` can CLIENT UNBLOCK it)
         self._blocker: redis.Redis | None = None
         self._blocker_id: int | None = None
-        self._woken = False
+        self._woken = threading.Event()
 
-    # -- script plumbing ---------------------------------------------------------------------
+    # -- plumbing ----------------------------------------------------------------------------
+    def _run(self, what: str, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)``, tried again while the server is unreachable (``Link`` policy)."""
+        while True:
+            try:
+                result = func(*args)
+            except redis.RedisError as exc:
+                time.sleep(self._link.lost(what, exc, time.monotonic()))
+                continue
+            self._link.ok(time.monotonic())
+            return result
+
     def _eval(self, call: Call) -> Any:
         name, keys, args = call
         try:
@@ -218,48 +195,38 @@ class RedisTransport(Transport):
             return self._client.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
 
     def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        if not calls:
-            return []
+        if len(calls) <= 1:
+            return [self._eval(c) for c in calls]
         pipe = self._client.pipeline(transaction=False)
         for name, keys, args in calls:
             pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
         results: list[Any] = pipe.execute(raise_on_error=False)
-        missing = [
-            i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)
-        ]
+        missing = _missing_scripts(results)
         if missing:
             for name in {calls[i][0] for i in missing}:
                 self._client.script_load(scripts.SCRIPTS[name])
-            for i, result in zip(
-                missing, self._eval_many([calls[i] for i in missing]), strict=True
-            ):
+            again = self._eval_many([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
                 results[i] = result
         return _raise_errors(results)
 
-    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return self._health.errors(what, self.describe())
+    def _settle(self, what: str, calls: list[Call]) -> None:
+        if calls:
+            self._run(what, self._eval_many, calls)
 
     # -- producer side -----------------------------------------------------------------------
     def publish(self, queue: str, message: RawMessage, *, eta: float | None = None) -> None:
         self.publish_many([(queue, message, eta)])
 
     def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
-        if not items:
-            return
-        now, new = time.time(), set()
+        if items:
+            self._core.declared |= self._run("publish", self._publish, items)
+
+    def _publish(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> set[str]:
         pipe = self._client.pipeline(transaction=False)
-        for queue, message, eta in items:
-            for key, member in [] if queue in new else self._core.declarations(queue):
-                pipe.sadd(key, member)
-            new.add(queue)
-            key, payload, score = self._core.encode(queue, message, eta, now)
-            if score is None:
-                pipe.lpush(key, payload)
-            else:
-                pipe.zadd(key, {payload: score})
-        with self._errors("publish"):
-            pipe.execute()
-        self._core.declared |= new
+        new = _pipe_publish(pipe, self._core, items)
+        pipe.execute()
+        return new
 
     # -- consumer side -----------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
@@ -267,55 +234,69 @@ class RedisTransport(Transport):
         if not queues or limit <= 0:
             return []
         deadline = time.monotonic() + max(timeout, 0.0)
-        self._woken = False
+        self._woken.clear()
         while True:
-            with self._errors("fetch"):
-                if self._core.restore_due(time.monotonic()):
-                    self.restore_expired()
-                got, next_due = self._take(queues, limit)
-                remaining = deadline - time.monotonic()
-                if got or remaining <= 0 or self._woken:
-                    return got
-                self._wait(queues, block_seconds(remaining, self._core.opts, next_due, time.time()))
+            try:
+                got = self._fetch_once(queues, limit, deadline)
+            except redis.RedisError as exc:
+                self._drop_blocker()
+                if self._woken.wait(self._link.lost("fetch", exc, time.monotonic())):
+                    return []
+                continue
+            self._link.ok(time.monotonic())
+            if got is not None:
+                return got
 
-    def _take(self, queues: list[str], limit: int) -> tuple[list[Delivery], float | None]:
+    def _fetch_once(self, queues: list[str], limit: int, deadline: float) -> list[Delivery] | None:
+        """Take what is ready; when nothing is, wait once and return None (go round again)."""
+        if self._core.restore_due(time.monotonic()):
+            self._restore_expired()
         call, lease = self._core.take_call(queues, limit)
         good, bad, next_due = self._core.parse_take(queues, self._eval(call), lease)
         self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
-        return good, next_due
+        remaining = deadline - time.monotonic()
+        if good or remaining <= 0 or self._woken.is_set():
+            return good
+        self._wait(queues, block_seconds(remaining, self._core.opts, next_due, time.time()))
+        return None
 
     def _wait(self, queues: list[str], seconds: float) -> None:
         watch = self._core.keys.list_key(queues[self._core.rotation % len(queues)])
         self._core.rotation += 1
         if self._blocker is None:
-            pool = self._client.connection_pool
-            self._blocker = redis.Redis(connection_pool=pool, single_connection_client=True)
-            self._blocker_id = int(self._blocker.client_id())
+            # no redis-py retry here: a reconnect would change the id ``wake`` unblocks
+            blocker = sync_client(self._core, self.options, retries=0)
+            self._blocker_id = int(blocker.client_id())
+            self._blocker = blocker
         self._blocker.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
 
+    def _drop_blocker(self) -> None:
+        blocker, self._blocker, self._blocker_id = self._blocker, None, None
+        if blocker is not None:
+            with contextlib.suppress(redis.RedisError):
+                blocker.close()
+                blocker.connection_pool.disconnect()
+
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        with self._errors("ack"):
-            self._eval_many(self._core.ack_calls(deliveries))
+        self._settle("ack", self._core.ack_calls(deliveries))
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        with self._errors("requeue"):
-            self._eval_many(self._core.requeue_calls(deliveries))
+        self._settle("requeue", self._core.requeue_calls(deliveries))
 
     def defer(self, delivery: Delivery, eta: float) -> None:
-        with self._errors("defer"):
-            self._eval_many(self._core.defer_calls(delivery, eta))
+        self._settle("defer", self._core.defer_calls(delivery, eta))
 
     def renew(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            with self._errors("renew"):
-                self._eval_many(self._core.renew_calls(deliveries))
+        self._settle("renew", self._core.renew_calls(deliveries))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        with self._errors("dead_letter"):
-            self._eval_many(self._core.dead_calls(delivery, reason))
+        self._settle("dead_letter", self._core.dead_calls(delivery, reason))
 
     def restore_expired(self) -> int:
         """Restore deliveries older than ``visibility_timeout`` (under ``unacked_mutex``)."""
+        return self._run("restore", self._restore_expired)
+
+    def _restore_expired(self) -> int:
         k, token = self._core.keys, uuid.uuid4().hex
         expire = int(self._core.opts.unacked_mutex_expire * 1000)
         if not self._client.set(k.unacked_mutex, token, nx=True, px=expire):
@@ -341,27 +322,55 @@ class RedisTransport(Transport):
         finally:
             self._eval(("unlock", [k.unacked_mutex], [token]))
 
+    # -- fan-out -----------------------------------------------------------------------------
+    def publish_fanout(self, exchange: str, routing_key: str, message: RawMessage) -> int:
+        """PUBLISH ``message`` to a fan-out exchange (kombu's channel and envelope); returns how
+        many subscribers received it."""
+        channel = self._core.keys.fanout_channel(exchange, routing_key)
+        payload = dumps_envelope(message, exchange=exchange, routing_key=routing_key)
+        return int(self._run("publish_fanout", self._client.publish, channel, payload))
+
+    def subscribe_fanout(self, exchange: str, pattern: str = "") -> FanoutSubscription:
+        """Subscribe to a fan-out exchange; ``pattern`` is the binding key (``""``: the
+        exchange's own channel, ``"#"``: every routing key, ``"worker.#"``, ...)."""
+        channel = self._core.keys.fanout_pattern(exchange, pattern)
+
+        def subscribe() -> FanoutSubscription:
+            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            subscription = FanoutSubscription(pubsub, channel, self._link)
+            try:
+                pubsub.psubscribe(channel)
+                subscription.confirm()
+            except BaseException:
+                subscription.close()
+                raise
+            return subscription
+
+        return self._run("subscribe", subscribe)
+
     # -- management --------------------------------------------------------------------------
     def qsize(self, queue: str) -> int:
-        with self._errors("qsize"):
-            return int(self._eval(self._core.qsize_call(queue)))
+        return int(self._run("qsize", self._eval, self._core.qsize_call(queue)))
 
     def purge(self, queue: str) -> int:
-        with self._errors("purge"):
-            return int(self._eval(self._core.purge_call(queue)))
+        return int(self._run("purge", self._eval, self._core.purge_call(queue)))
 
     def queues(self) -> list[str]:
-        with self._errors("queues"):
+        def sizes() -> list[str]:
             names = sorted(text(n) for n in self._client.smembers(self._core.keys.queue_names))
-            sizes = self._eval_many([self._core.qsize_call(n) for n in names])
-        return [n for n, size in zip(names, sizes, strict=True) if int(size) > 0]
+            counts = self._eval_many([self._core.qsize_call(n) for n in names])
+            return [n for n, size in zip(names, counts, strict=True) if int(size) > 0]
+
+        return self._run("queues", sizes)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         k = self._core.keys
-        with self._errors("dead_letters"):
+
+        def read() -> list[Any]:
             ids: list[Any] = self._client.zrange(k.dead_index, 0, max(limit, 1) - 1)
-            records = self._client.hmget(k.dead_letters, ids) if ids else []
-        return [parse_dead_letter(r) for r in records if r is not None]
+            return list(self._client.hmget(k.dead_letters, ids)) if ids else []
+
+        return [parse_dead_letter(r) for r in self._run("dead_letters", read) if r is not None]
 
     def _dead_ids(self) -> list[str]:
         everything: list[Any] = self._client.zrange(self._core.keys.dead_index, 0, -1)
@@ -375,13 +384,16 @@ class RedisTransport(Transport):
         return [json.loads(r) for r in records if r is not None]
 
     def requeue_dead_letters(self, ids: Sequence[str] | None = None) -> int:
-        with self._errors("requeue_dead_letters"):
+        def unbury() -> int:
             calls = [self._core.unbury_call(r) for r in self._dead_records(ids)]
             return sum(int(r) for r in self._eval_many(calls))
 
+        return self._run("requeue_dead_letters", unbury)
+
     def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
         k = self._core.keys
-        with self._errors("purge_dead_letters"):
+
+        def purge(ids: Sequence[str] | None) -> int:
             if ids is None:
                 ids = self._dead_ids()
             if not ids:
@@ -391,18 +403,17 @@ class RedisTransport(Transport):
             pipe.zrem(k.dead_index, *ids)
             return int(pipe.execute()[0])
 
+        return self._run("purge_dead_letters", purge, ids)
+
     def wake(self) -> None:
-        self._woken = True
+        self._woken.set()
         if self._blocker_id is not None:
             with contextlib.suppress(redis.RedisError):
                 self._client.client_unblock(self._blocker_id)
 
     def close(self) -> None:
         self.wake()
-        if self._blocker is not None:
-            with contextlib.suppress(redis.RedisError):
-                self._blocker.close()
-            self._blocker = None
+        self._drop_blocker()
         with contextlib.suppress(redis.RedisError):
             self._client.close()
 
@@ -422,9 +433,20 @@ class AsyncRedisTransport(AsyncTransport):
         self.url = url
         self.options: dict[str, Any] = dict(options or {})
         self._core = Core(url, lease_seconds, self.options)
-        self._health = _Health()
         self.lease_seconds = self._core.opts.visibility_timeout
-        self._client = _async_client(self._core, self.options)
+        self._client = async_client(self._core, self.options)
+        self._link = Link.for_core(self._core, self.describe())
+
+    async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await func(*args)``, tried again while the server is unreachable (``Link``)."""
+        while True:
+            try:
+                result = await func(*args)
+            except redis.RedisError as exc:
+                await asyncio.sleep(self._link.lost(what, exc, time.monotonic()))
+                continue
+            self._link.ok(time.monotonic())
+            return result
 
     async def _eval(self, call: Call) -> Any:
         name, keys, args = call
@@ -435,15 +457,13 @@ class AsyncRedisTransport(AsyncTransport):
             return await self._client.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
 
     async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        if not calls:
-            return []
+        if len(calls) <= 1:
+            return [await self._eval(c) for c in calls]
         pipe = self._client.pipeline(transaction=False)
         for name, keys, args in calls:
             pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        missing = [
-            i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)
-        ]
+        missing = _missing_scripts(results)
         if missing:
             for name in {calls[i][0] for i in missing}:
                 await self._client.script_load(scripts.SCRIPTS[name])
@@ -452,29 +472,22 @@ class AsyncRedisTransport(AsyncTransport):
                 results[i] = result
         return _raise_errors(results)
 
-    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return self._health.errors(what, self.describe())
+    async def _settle(self, what: str, calls: list[Call]) -> None:
+        if calls:
+            await self._run(what, self._eval_many, calls)
 
     async def publish(self, queue: str, message: RawMessage, *, eta: float | None = None) -> None:
         await self.publish_many([(queue, message, eta)])
 
     async def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
-        if not items:
-            return
-        now, new = time.time(), set()
+        if items:
+            self._core.declared |= await self._run("publish", self._publish, items)
+
+    async def _publish(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> set[str]:
         pipe = self._client.pipeline(transaction=False)
-        for queue, message, eta in items:
-            for key, member in [] if queue in new else self._core.declarations(queue):
-                pipe.sadd(key, member)
-            new.add(queue)
-            key, payload, score = self._core.encode(queue, message, eta, now)
-            if score is None:
-                pipe.lpush(key, payload)
-            else:
-                pipe.zadd(key, {payload: score})
-        with self._errors("publish"):
-            await pipe.execute()
-        self._core.declared |= new
+        new = _pipe_publish(pipe, self._core, items)
+        await pipe.execute()
+        return new
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         queues = list(queues)
@@ -482,43 +495,53 @@ class AsyncRedisTransport(AsyncTransport):
             return []
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
-            with self._errors("fetch"):
-                if self._core.restore_due(time.monotonic()):
-                    await self.restore_expired()
-                call, lease = self._core.take_call(queues, limit)
-                got, bad, next_due = self._core.parse_take(queues, await self._eval(call), lease)
-                await self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
-                remaining = deadline - time.monotonic()
-                if got or remaining <= 0:
-                    return got
-                seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
-                watch = self._core.keys.list_key(queues[self._core.rotation % len(queues)])
-                self._core.rotation += 1
-                await self._client.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+            try:
+                got = await self._fetch_once(queues, limit, deadline)
+            except redis.RedisError as exc:
+                await asyncio.sleep(self._link.lost("fetch", exc, time.monotonic()))
+                continue
+            self._link.ok(time.monotonic())
+            if got is not None:
+                return got
+
+    async def _fetch_once(
+        self, queues: list[str], limit: int, deadline: float
+    ) -> list[Delivery] | None:
+        """Take what is ready; when nothing is, wait once and return None (go round again)."""
+        if self._core.restore_due(time.monotonic()):
+            await self._restore_expired()
+        call, lease = self._core.take_call(queues, limit)
+        good, bad, next_due = self._core.parse_take(queues, await self._eval(call), lease)
+        await self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
+        remaining = deadline - time.monotonic()
+        if good or remaining <= 0:
+            return good
+        seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
+        watch = self._core.keys.list_key(queues[self._core.rotation % len(queues)])
+        self._core.rotation += 1
+        await self._client.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+        return None
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        with self._errors("ack"):
-            await self._eval_many(self._core.ack_calls(deliveries))
+        await self._settle("ack", self._core.ack_calls(deliveries))
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        with self._errors("requeue"):
-            await self._eval_many(self._core.requeue_calls(deliveries))
+        await self._settle("requeue", self._core.requeue_calls(deliveries))
 
     async def defer(self, delivery: Delivery, eta: float) -> None:
-        with self._errors("defer"):
-            await self._eval_many(self._core.defer_calls(delivery, eta))
+        await self._settle("defer", self._core.defer_calls(delivery, eta))
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            with self._errors("renew"):
-                await self._eval_many(self._core.renew_calls(deliveries))
+        await self._settle("renew", self._core.renew_calls(deliveries))
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        with self._errors("dead_letter"):
-            await self._eval_many(self._core.dead_calls(delivery, reason))
+        await self._settle("dead_letter", self._core.dead_calls(delivery, reason))
 
     async def restore_expired(self) -> int:
         """Restore deliveries older than ``visibility_timeout`` (under ``unacked_mutex``)."""
+        return await self._run("restore", self._restore_expired)
+
+    async def _restore_expired(self) -> int:
         k, token = self._core.keys, uuid.uuid4().hex
         expire = int(self._core.opts.unacked_mutex_expire * 1000)
         if not await self._client.set(k.unacked_mutex, token, nx=True, px=expire):
@@ -536,13 +559,38 @@ class AsyncRedisTransport(AsyncTransport):
                 for ex in self._core.exchanges_of(values)
             }
             calls = self._core.restore_calls(tags, values, bindings, cutoff)
-            return sum(int(r) for r in await self._eval_many(calls))
+            restored = sum(int(r) for r in await self._eval_many(calls))
+            if restored:
+                logger.info("restored %d deliveries whose lease ran out", restored)
+            return restored
         finally:
             await self._eval(("unlock", [k.unacked_mutex], [token]))
 
+    async def publish_fanout(self, exchange: str, routing_key: str, message: RawMessage) -> int:
+        """PUBLISH ``message`` to a fan-out exchange (see ``RedisTransport.publish_fanout``)."""
+        channel = self._core.keys.fanout_channel(exchange, routing_key)
+        payload = dumps_envelope(message, exchange=exchange, routing_key=routing_key)
+        return int(await self._run("publish_fanout", self._client.publish, channel, payload))
+
+    async def subscribe_fanout(self, exchange: str, pattern: str = "") -> AsyncFanoutSubscription:
+        """Subscribe to a fan-out exchange (see ``RedisTransport.subscribe_fanout``)."""
+        channel = self._core.keys.fanout_pattern(exchange, pattern)
+
+        async def subscribe() -> AsyncFanoutSubscription:
+            pubsub = self._client.pubsub()
+            subscription = AsyncFanoutSubscription(pubsub, channel, self._link)
+            try:
+                await pubsub.psubscribe(channel)
+                await subscription.confirm()
+            except BaseException:
+                await subscription.close()
+                raise
+            return subscription
+
+        return await self._run("subscribe", subscribe)
+
     async def qsize(self, queue: str) -> int:
-        with self._errors("qsize"):
-            return int(await self._eval(self._core.qsize_call(queue)))
+        return int(await self._run("qsize", self._eval, self._core.qsize_call(queue)))
 
     async def close(self) -> None:
         with contextlib.suppress(redis.RedisError):

@@ -67,8 +67,18 @@ class RedisOptions:
     #: due delayed messages moved per queue per fetch
     delayed_batch: int = 100
     master_name: str | None = None
+    #: redis-py's own retries of one command on a dropped connection
     max_retries: int = 3
+    #: kombu's reconnect backoff: start, growth per attempt, cap (seconds)
+    interval_start: float = 0.05
+    interval_step: float = 0.25
     interval_max: float = 2.0
+    #: how long an outage is ridden out (calls retried) before calls raise OperationalError
+    connect_retries_timeout: float = 20.0
+    #: kombu's fan-out channel naming: ``/<db>.`` prefix (True, or a custom string) and the
+    #: ``/<routing_key>`` suffix
+    fanout_prefix: bool | str = True
+    fanout_patterns: bool = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], lease_seconds: float) -> RedisOptions:
@@ -80,7 +90,7 @@ class RedisOptions:
         )
         if not steps or steps[0] != 0:
             raise ImproperlyConfigured(f"priority_steps must start at 0, not {steps!r}")
-        policy = dict(options.get("retry_policy") or {})
+        policy = {**options, **dict(options.get("retry_policy") or {})}
         restore = options.get("unacked_restore_interval", min(5.0, vt / 4))
         return cls(
             visibility_timeout=vt,
@@ -95,18 +105,31 @@ class RedisOptions:
             poll_interval=max(0.01, float(options.get("poll_interval", 1.0))),
             delayed_batch=int(options.get("delayed_batch", 100)),
             master_name=options.get("master_name"),
-            max_retries=int(policy.get("max_retries", options.get("max_retries", 3))),
-            interval_max=float(policy.get("interval_max", 2.0)),
+            max_retries=int(_or(policy.get("max_retries"), 3)),
+            interval_start=max(0.0, float(policy.get("interval_start", 0.05))),
+            interval_step=max(0.0, float(policy.get("interval_step", 0.25))),
+            interval_max=max(0.01, float(policy.get("interval_max", 2.0))),
+            connect_retries_timeout=float(policy.get("connect_retries_timeout", 20.0)),
+            fanout_prefix=options.get("fanout_prefix", True),
+            fanout_patterns=bool(options.get("fanout_patterns", True)),
         )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 class KeyLayout:
     """Key names (with ``global_keyprefix``) and priority lists, as kombu lays them out."""
 
-    def __init__(self, options: RedisOptions) -> None:
+    def __init__(self, options: RedisOptions, db: int = 0) -> None:
         self.prefix = options.global_keyprefix
         self.sep = options.sep
         self.steps = options.priority_steps
+        self.db = db
+        fanout = options.fanout_prefix
+        self.fanout_prefix = fanout if isinstance(fanout, str) else f"/{db}." if fanout else ""
+        self.fanout_patterns = options.fanout_patterns
         p = self.prefix
         self.unacked = p + options.unacked_key
         self.unacked_index = p + options.unacked_index_key
@@ -152,10 +175,19 @@ class KeyLayout:
                 found.append(parts[2])
         return found
 
-    def fanout_channel(self, exchange: str, routing_key: str = "", db: int = 0) -> str:
+    def fanout_channel(self, exchange: str, routing_key: str = "") -> str:
         """kombu's pub/sub channel for a fan-out exchange: ``/<db>.<exchange>[/<rk>]``."""
-        suffix = f"/{routing_key}" if routing_key else ""
-        return f"{self.prefix}/{db}.{exchange}{suffix}"
+        suffix = f"/{routing_key}" if routing_key and self.fanout_patterns else ""
+        return f"{self.prefix}{self.fanout_prefix}{exchange}{suffix}"
+
+    def fanout_pattern(self, exchange: str, binding_key: str = "") -> str:
+        """The PSUBSCRIBE pattern of a fan-out queue bound with ``binding_key``, as kombu's:
+        ``#`` becomes ``*`` and other glob characters of the key keep their meaning; the prefix
+        and exchange name are matched literally."""
+        base = _glob_escape(f"{self.prefix}{self.fanout_prefix}{exchange}")
+        if not (binding_key and self.fanout_patterns):
+            return base
+        return f"{base}/{binding_key.replace('#', '*')}"
 
     # -- script arguments ----------------------------------------------------------------------
     def take_keys(self, queues: Sequence[str]) -> list[str]:
@@ -165,6 +197,11 @@ class KeyLayout:
         for queue in queues:
             keys += [self.delayed_key(queue), self.held_key(queue), *self.list_keys(queue)]
         return keys
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern."""
+    return "".join(f"\\{c}" if c in "\\*?[]" else c for c in text)
 
 
 def delayed_member(step_index: int, envelope: bytes) -> bytes:
@@ -278,6 +315,27 @@ def block_seconds(
 
 # -- the logic both drivers share -------------------------------------------------------------
 Call = tuple[str, list[Any], list[Any]]  # (script name, keys, args)
+#: (delivery, target key or "" for its own list, payload, score) of a requeue/defer/dead letter
+Release = tuple[Delivery, str, bytes, float]
+#: most messages settled or renewed by one script call (bounds how long one call holds Redis)
+SETTLE_CHUNK = 1000
+
+
+class KeyIndex:
+    """The KEYS of one script call, each named once; ``index(key)`` is its 1-based Lua index."""
+
+    __slots__ = ("_at", "keys")
+
+    def __init__(self, fixed: Sequence[str]) -> None:
+        self.keys: list[str] = list(fixed)
+        self._at = {key: i for i, key in enumerate(self.keys, 1)}
+
+    def index(self, key: str) -> int:
+        at = self._at.get(key)
+        if at is None:
+            self.keys.append(key)
+            at = self._at[key] = len(self.keys)
+        return at
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +354,8 @@ class Core:
 
     def __init__(self, url: str, lease_seconds: float, options: dict[str, Any]) -> None:
         self.opts = RedisOptions.from_options(options, lease_seconds)
-        self.keys = KeyLayout(self.opts)
         self.parsed = parse_url(url)
+        self.keys = KeyLayout(self.opts, self.parsed.db)
         self.consumer = uuid.uuid4().hex[:12]
         self._fetches = 0
         self.declared: set[str] = set()
@@ -359,38 +417,52 @@ class Core:
             )
         return good, bad, (next_due if next_due >= 0 else None)
 
-    def release_call(
-        self,
-        mode: str,
-        delivery: Delivery,
-        payload: bytes = b"",
-        score: float = 0.0,
-        target: str = "",
-    ) -> Call:
-        held = held_of(delivery)
+    # -- settling: one script call per kind and batch (``RELEASE``, ``RENEW``) ----------------
+    def _settle_keys(self) -> KeyIndex:
         k = self.keys
-        keys = [k.unacked, k.unacked_index, k.deliveries, held.held_key, target or held.list_key]
-        keys.append(k.dead_index)
-        return "release", keys, [mode, delivery.tag, held.lease, payload, repr(score)]
+        return KeyIndex([k.unacked, k.unacked_index, k.deliveries, k.dead_index])
 
     def ack_calls(self, deliveries: Sequence[Delivery]) -> list[Call]:
-        return [self.release_call("ack", d) for d in ours(deliveries)]
+        """One ``release`` call per ``SETTLE_CHUNK`` deliveries (compact: tag, lease, held)."""
+        calls: list[Call] = []
+        held = ours(deliveries)
+        for first in range(0, len(held), SETTLE_CHUNK):
+            keys = self._settle_keys()
+            args: list[Any] = ["ack"]
+            for d in held[first : first + SETTLE_CHUNK]:
+                handle: Held = d.handle
+                args += (d.tag, handle.lease, keys.index(handle.held_key))
+            calls.append(("release", keys.keys, args))
+        return calls
+
+    def release_calls(self, mode: str, items: Sequence[Release]) -> list[Call]:
+        """``release`` calls settling ``items`` (delivery, target key, payload, score) in order."""
+        calls: list[Call] = []
+        for first in range(0, len(items), SETTLE_CHUNK):
+            keys = self._settle_keys()
+            args: list[Any] = [mode]
+            for delivery, target, payload, score in items[first : first + SETTLE_CHUNK]:
+                held = held_of(delivery)
+                args += (delivery.tag, held.lease, keys.index(held.held_key))
+                args += (keys.index(target or held.list_key), payload, repr(score))
+            calls.append(("release", keys.keys, args))
+        return calls
 
     def requeue_calls(self, deliveries: Sequence[Delivery]) -> list[Call]:
         # kombu's restore: redelivered flags, RPUSH (next out); in reverse to keep their order
-        held = ours(deliveries)
-        return [
-            self.release_call("requeue", d, mark_redelivered(held_of(d).envelope))
-            for d in reversed(held)
+        items = [
+            (d, "", mark_redelivered(held_of(d).envelope), 0.0) for d in reversed(ours(deliveries))
         ]
+        return self.release_calls("requeue", items)
 
     def defer_calls(self, delivery: Delivery, eta: float) -> list[Call]:
         if not ours([delivery]):
             return []
         held = held_of(delivery)
         target = self.keys.delayed_key(delivery.queue)
-        payload = delayed_member(held.step, held.envelope)
-        return [self.release_call("defer", delivery, payload, eta, target)]
+        return self.release_calls(
+            "defer", [(delivery, target, delayed_member(held.step, held.envelope), eta)]
+        )
 
     def dead_calls(self, delivery: Delivery, reason: str) -> list[Call]:
         if not ours([delivery]):
@@ -406,18 +478,21 @@ class Core:
             "envelope": held.envelope.decode("utf-8", "replace"),
         }
         payload = json.dumps(record).encode()
-        return [self.release_call("dead", delivery, payload, now, self.keys.dead_letters)]
+        return self.release_calls("dead", [(delivery, self.keys.dead_letters, payload, now)])
 
     def renew_calls(self, deliveries: Sequence[Delivery]) -> list[Call]:
+        """One ``renew`` call per ``SETTLE_CHUNK`` deliveries: their kombu delivery time = now."""
+        calls: list[Call] = []
         held = ours(deliveries)
-        if not held:
-            return []
-        keys: list[Any] = [self.keys.unacked_index]
-        args: list[Any] = [repr(time.time())]
-        for d in held:
-            keys.append(held_of(d).held_key)
-            args += [d.tag, held_of(d).lease]
-        return [("renew", keys, args)]
+        now = repr(time.time())
+        for first in range(0, len(held), SETTLE_CHUNK):
+            keys = KeyIndex([self.keys.unacked_index])
+            args: list[Any] = [now]
+            for d in held[first : first + SETTLE_CHUNK]:
+                handle: Held = d.handle
+                args += (d.tag, handle.lease, keys.index(handle.held_key))
+            calls.append(("renew", keys.keys, args))
+        return calls
 
     def restore_due(self, now: float) -> bool:
         if now < self.next_restore:

@@ -39,7 +39,6 @@ from celeriac._internal.timeutils import utcnow
 from celeriac.app.trace import Failed, format_exc
 from celeriac.exceptions import EncodeError
 from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
-from celeriac.transports.base import ThreadedAsyncTransport
 from celeriac.worker.execution import log_extra
 from celeriac.worker.pools.base import Job
 from celeriac.worker.request import Invalid, Request
@@ -249,8 +248,7 @@ def unserialisable(meta: ResultMeta, exc: BaseException) -> ResultMeta:
 
 def wake_fetch(transport: AsyncTransport) -> None:
     """Interrupt a fetch blocked on the transport's I/O thread (if the driver can)."""
-    if isinstance(transport, ThreadedAsyncTransport):
-        transport.sync.wake()
+    transport.wake()
 
 
 class Consumer:

@@ -1,0 +1,174 @@
+"""The jobs of one round, in the order they run, and which metric each result feeds.
+
+Within a round every comparison runs Celeriac then Celery (then the peers) back to back, so
+rounds give A B A B ... Each job is a subprocess; ``fields`` maps a key of its JSON result to a
+metric id (``bench.report`` knows the metric ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each scenario does (``--quick`` makes it small)."""
+
+    rounds: int = 3
+    enqueue: int = 5000
+    drain: int = 20000
+    sqlite_drain: int = 10000
+    roundtrips: int = 1000
+    sqlite_roundtrips: int = 1000
+    raw: int = 20000
+    import_repeats: int = 5
+    concurrency: int = 2
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            rounds=1,
+            enqueue=1000,
+            drain=2000,
+            sqlite_drain=1000,
+            roundtrips=200,
+            sqlite_roundtrips=200,
+            raw=5000,
+            import_repeats=2,
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """One subprocess: a scenario of one framework on one broker, or raw/import timing."""
+
+    label: str
+    kind: str  # "scenario" | "raw" | "import"
+    column: str  # "celeriac", "celery", "huey", "sqlite", "raw"
+    framework: str = ""
+    scenario: str = ""
+    broker: str = "redis"  # "redis" | "sqlite"
+    params: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+#: best pool at -c N for each framework (Celeriac adds prefork when it exists)
+POOLS = {"celeriac": "threads", "celery": "prefork", "huey": "thread"}
+
+
+def drain_jobs(frameworks: list[str], sizes: Sizes, celeriac_prefork: bool) -> list[Job]:
+    jobs = []
+    c = sizes.concurrency
+    for variant, task in (("results", "add"), ("noresults", "add_nr")):
+        for fw in frameworks:  # Celeriac's metric names its pool; the others' do not
+            pools = [POOLS[fw]] + (["prefork"] if fw == "celeriac" and celeriac_prefork else [])
+            for pool in pools:
+                metric = f"drain.{variant}"
+                if fw == "celeriac":
+                    metric += f".{pool}"
+                jobs.append(
+                    Job(
+                        label=f"drain {variant} {fw} -P {pool} -c {c}",
+                        kind="scenario",
+                        column=fw,
+                        framework=fw,
+                        scenario="drain",
+                        params={"count": sizes.drain, "task": task, "pool": pool,
+                                "concurrency": c},
+                        fields={"rate": metric},
+                    )
+                )  # fmt: skip
+    return jobs
+
+
+def round_jobs(frameworks: list[str], sizes: Sizes, celeriac_prefork: bool) -> list[Job]:
+    """All the jobs of one round (``frameworks``: celeriac, celery, then installed peers).
+
+    The raw ceiling runs after the enqueue jobs: it pushes payloads of the size they measured.
+    """
+    c = sizes.concurrency
+    jobs = []
+    for fw in frameworks:
+        jobs.append(Job(label=f"import {fw}", kind="import", column=fw, framework=fw))
+    for fw in frameworks:
+        jobs.append(
+            Job(
+                label=f"enqueue {fw}",
+                kind="scenario",
+                column=fw,
+                framework=fw,
+                scenario="enqueue",
+                params={"count": sizes.enqueue},
+                fields={"single_rate": "enqueue.single", "bulk_rate": "enqueue.bulk",
+                        "message_bytes": "message.bytes"},
+            )
+        )  # fmt: skip
+    jobs += [
+        Job(
+            label="raw redis-py ceiling",
+            kind="raw",
+            column="raw",
+            params={"count": sizes.raw, "rtt_count": sizes.roundtrips},
+            fields={
+                k: f"raw.{k}"
+                for k in ("ping_p50", "ping_p99", "lpush_single", "lpush_pipelined",
+                          "brpop_single", "rpop_batched", "reliable_2proc", "echo_p50",
+                          "echo_p99")
+            },
+        ),
+    ]  # fmt: skip
+    jobs += drain_jobs(frameworks, sizes, celeriac_prefork)
+    for fw in frameworks:
+        jobs.append(
+            Job(
+                label=f"round trip {fw} -P {POOLS[fw]} -c {c}",
+                kind="scenario",
+                column=fw,
+                framework=fw,
+                scenario="roundtrip",
+                params={"count": sizes.roundtrips, "pool": POOLS[fw], "concurrency": c},
+                fields={"p50": "rtt.p50", "p99": "rtt.p99", "raw_ping_p50": "rtt.raw_ping"},
+            )
+        )
+    for fw in frameworks:
+        jobs.append(
+            Job(
+                label=f"idle RSS {fw} -P {POOLS[fw]} -c {c}",
+                kind="scenario",
+                column=fw,
+                framework=fw,
+                scenario="idle",
+                params={"pool": POOLS[fw], "concurrency": c},
+                fields={"rss_mb": "idle.rss"},
+            )
+        )
+    jobs += sqlite_jobs(sizes)
+    return jobs
+
+
+def sqlite_jobs(sizes: Sizes) -> list[Job]:
+    c = sizes.concurrency
+    return [
+        Job(
+            label=f"SQLite drain results celeriac -P threads -c {c}",
+            kind="scenario",
+            column="sqlite",
+            framework="celeriac",
+            scenario="drain",
+            broker="sqlite",
+            params={"count": sizes.sqlite_drain, "task": "add", "pool": "threads",
+                    "concurrency": c},
+            fields={"rate": "sqlite.drain"},
+        ),
+        Job(
+            label=f"SQLite round trip celeriac -P threads -c {c}",
+            kind="scenario",
+            column="sqlite",
+            framework="celeriac",
+            scenario="roundtrip",
+            broker="sqlite",
+            params={"count": sizes.sqlite_roundtrips, "pool": "threads", "concurrency": c},
+            fields={"p50": "sqlite.p50", "p99": "sqlite.p99", "raw_ping_p50": "sqlite.raw_ping"},
+        ),
+    ]  # fmt: skip

@@ -1,0 +1,231 @@
+"""The table on stdout and the JSON file: medians, min-max, ratios to Celery, targets.
+
+``samples[metric][column]`` holds the values of every round. A ratio is Celeriac's median over
+Celery's, both from this run; the arrow after the unit says which way is better.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.stats import number, summary
+
+Samples = dict[str, dict[str, list[float]]]
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    label: str
+    unit: str
+    higher_is_better: bool = True
+    #: the metric Celery (and the peers) report for this row, when it is not ``metric``
+    versus: str = ""
+
+    @property
+    def theirs(self) -> str:
+        return self.versus or self.metric
+
+
+COMPARED = [
+    Row("enqueue.single", "enqueue: delay() loop, one client", "tasks/s"),
+    Row("enqueue.bulk", "enqueue: bulk path, one client", "tasks/s"),
+    Row(
+        "drain.results.threads",
+        "drain, results stored (Celeriac threads)",
+        "tasks/s",
+        versus="drain.results",
+    ),
+    Row(
+        "drain.results.prefork",
+        "drain, results stored (Celeriac prefork)",
+        "tasks/s",
+        versus="drain.results",
+    ),
+    Row(
+        "drain.noresults.threads",
+        "drain, ignore_result (Celeriac threads)",
+        "tasks/s",
+        versus="drain.noresults",
+    ),
+    Row(
+        "drain.noresults.prefork",
+        "drain, ignore_result (Celeriac prefork)",
+        "tasks/s",
+        versus="drain.noresults",
+    ),
+    Row("rtt.p50", "delay().get() round trip p50", "ms", False),
+    Row("rtt.p99", "delay().get() round trip p99", "ms", False),
+    Row("rtt.raw_ping", "  raw Redis PING p50 during it", "ms", False),
+    Row("idle.rss", "idle worker RSS (with children)", "MiB", False),
+    Row("import.pkg", "import package + app class", "ms", False),
+    Row("import.app", "import task module (app + 2 tasks)", "ms", False),
+    Row("message.bytes", "message size on Redis", "bytes", False),
+]
+
+RAW = [
+    Row("raw.ping_p50", "PING round trip p50", "ms", False),
+    Row("raw.ping_p99", "PING round trip p99", "ms", False),
+    Row("raw.lpush_single", "LPUSH one at a time", "msg/s"),
+    Row("raw.lpush_pipelined", "LPUSH pipelined (1,000)", "msg/s"),
+    Row("raw.brpop_single", "BRPOP one at a time", "msg/s"),
+    Row("raw.rpop_batched", "RPOP count=1,000", "msg/s"),
+    Row("raw.reliable_2proc", "reliable consumer, 2 processes (BLMOVE+LREM)", "msg/s"),
+    Row("raw.echo_p50", "echo round trip via 2nd process p50", "ms", False),
+    Row("raw.echo_p99", "echo round trip via 2nd process p99", "ms", False),
+]
+
+SQLITE = [
+    Row("sqlite.drain", "drain, results stored (threads) vs Celery/Redis", "tasks/s"),
+    Row("sqlite.p50", "delay().get() p50 vs Celery/Redis", "ms", False),
+    Row("sqlite.p99", "delay().get() p99 vs Celery/Redis", "ms", False),
+]
+
+#: the Celery-on-Redis metric each SQLite row is compared with
+SQLITE_VERSUS = {
+    "sqlite.drain": "drain.results",
+    "sqlite.p50": "rtt.p50",
+    "sqlite.p99": "rtt.p99",
+}
+
+
+def med(samples: Samples, metric: str, column: str) -> float:
+    return summary(samples.get(metric, {}).get(column, []))["median"]
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    s = summary(values)
+    if s["n"] == 1:
+        return number(s["median"])
+    return f"{number(s['median'])} ({number(s['min'])}-{number(s['max'])})"
+
+
+def ratio(ours: float, theirs: float) -> str:
+    if math.isnan(ours) or math.isnan(theirs) or theirs == 0:
+        return "-"
+    return f"{ours / theirs:.2f}x"
+
+
+def _arrow(row: Row) -> str:
+    return f"{row.unit} {'↑' if row.higher_is_better else '↓'}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return out
+
+
+def compared_table(samples: Samples, peers: list[str]) -> list[str]:
+    headers = ["metric", "unit", "Celeriac", "Celery", "Celeriac/Celery", *peers]
+    rows = []
+    for row in COMPARED:
+        data = samples.get(row.metric, {})
+        if not data:
+            continue
+        celery = samples.get(row.theirs, {}).get("celery", [])
+        ours = data.get("celeriac", [])
+        line = [row.label, _arrow(row), cell(ours), cell(celery)]
+        line.append(ratio(summary(ours)["median"], summary(celery)["median"]))
+        line += [cell(samples.get(row.theirs, {}).get(p, [])) for p in peers]
+        rows.append(line)
+    return _table(headers, rows)
+
+
+def raw_table(samples: Samples) -> list[str]:
+    rows = [
+        [row.label, _arrow(row), cell(samples.get(row.metric, {}).get("raw", []))]
+        for row in RAW
+        if samples.get(row.metric)
+    ]
+    return _table(["raw redis-py (no framework)", "unit", "value"], rows) if rows else []
+
+
+def sqlite_table(samples: Samples) -> list[str]:
+    rows = []
+    for row in SQLITE:
+        ours = samples.get(row.metric, {}).get("sqlite", [])
+        if not ours:
+            continue
+        celery = samples.get(SQLITE_VERSUS[row.metric], {}).get("celery", [])
+        ratio_text = ratio(summary(ours)["median"], summary(celery)["median"])
+        rows.append([row.label, _arrow(row), cell(ours), cell(celery), ratio_text])
+    headers = ["Celeriac on SQLite", "unit", "SQLite", "Celery/Redis", "ratio"]
+    return _table(headers, rows) if rows else []
+
+
+def targets(samples: Samples) -> list[tuple[str, str, bool | None]]:
+    """Issue 8's targets: (what, measured, met?) from this run's medians."""
+
+    def m(metric: str, column: str = "celeriac") -> float:
+        return med(samples, metric, column)
+
+    def best(*metrics: str) -> float:
+        values = [m(x) for x in metrics if not math.isnan(m(x))]
+        return max(values) if values else math.nan
+
+    drain = best("drain.results.threads", "drain.results.prefork")
+    raw_rtt = m("rtt.raw_ping")
+    checks = [
+        ("enqueue delay() >= 0.8x raw single LPUSH", m("enqueue.single"),
+         0.8 * m("raw.lpush_single", "raw"), True),
+        ("enqueue bulk >= 40,000/s", m("enqueue.bulk"), 40000, True),
+        ("drain with results (-c 2) >= 6,000/s", drain, 6000, True),
+        ("round trip p50 <= 2.5x raw PING p50 (same run)", m("rtt.p50"), 2.5 * raw_rtt, False),
+        ("round trip p99 <= 3 ms", m("rtt.p99"), 3.0, False),
+        ("idle RSS below Celery's", m("idle.rss"), m("idle.rss", "celery"), False),
+        ("import celeriac < 100 ms", m("import.pkg"), 100, False),
+        ("SQLite drain >= Celery on Redis", m("sqlite.drain", "sqlite"),
+         m("drain.results", "celery"), True),
+        ("SQLite p50 <= 5 ms", m("sqlite.p50", "sqlite"), 5.0, False),
+    ]  # fmt: skip
+    out: list[tuple[str, str, bool | None]] = []
+    for what, value, limit, higher in checks:
+        if math.isnan(value) or math.isnan(limit):
+            out.append((what, "not measured", None))
+            continue
+        met = value >= limit if higher else value <= limit
+        out.append((what, f"{number(value)} (limit {number(limit)})", met))
+    return out
+
+
+def render(results: dict[str, Any]) -> str:
+    samples: Samples = results["samples"]
+    peers = results.get("peers", [])
+    lines = compared_table(samples, peers)
+    for block in (raw_table(samples), sqlite_table(samples)):
+        if block:
+            lines += ["", *block]
+    lines += ["", "targets (issue 8), Celeriac medians:"]
+    for what, measured, met in targets(samples):
+        mark = {True: "met   ", False: "MISSED", None: "  -   "}[met]
+        lines.append(f"  [{mark}] {what}: {measured}")
+    for note in results.get("notes", []):
+        lines.append(f"note: {note}")
+    for error in results.get("errors", []):
+        lines.append(f"error: {error}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    data = {**results, "summary": _summaries(results["samples"])}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def _summaries(samples: Samples) -> dict[str, dict[str, dict[str, float]]]:
+    return {
+        metric: {column: summary(values) for column, values in columns.items()}
+        for metric, columns in samples.items()
+    }
