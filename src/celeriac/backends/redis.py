@@ -156,7 +156,9 @@ def _unix_url(url: str) -> str:
     return f"unix://{auth}{parts.path}?db={db}{extra}"
 
 
-def _sentinel_spec(url: str, options: dict[str, Any]) -> tuple[list[tuple[str, int]], str, dict]:  # type: ignore[type-arg]
+def _sentinel_spec(
+    url: str, options: dict[str, Any]
+) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
     """(sentinel nodes, master name, master auth) of a ``sentinel://`` URL."""
     master = options.get("master_name")
     if not master:
@@ -179,11 +181,10 @@ def _client_spec(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]
     kwargs = {k: options[k] for k in _CLIENT_OPTIONS if k in options}
     retries = _policy(options).get("max_retries")
     scheme = url.partition("://")[0].lower()
-    if scheme == "sentinel":
-        return "sentinel", kwargs, 3 if retries is None else int(retries)
-    if scheme not in ("redis", "rediss", "unix", "redis+socket", "socket"):
+    if scheme not in ("sentinel", "redis", "rediss", "unix", "redis+socket", "socket"):
         raise ImproperlyConfigured(f"not a Redis URL scheme: {scheme!r}")
-    return "url", kwargs, 3 if retries is None else int(retries)
+    kind = "sentinel" if scheme == "sentinel" else "url"
+    return kind, kwargs, 3 if retries is None else int(retries)
 
 
 def _backoff(options: dict[str, Any]) -> ExponentialBackoff:
@@ -426,7 +427,7 @@ class AsyncRedisStore(AsyncKeyValueStore):
                     step = min(step * 2, RECHECK_SECONDS)
         finally:
             with contextlib.suppress(redis.RedisError):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         with contextlib.suppress(redis.RedisError):

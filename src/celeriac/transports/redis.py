@@ -436,6 +436,8 @@ class AsyncRedisTransport(AsyncTransport):
         self.lease_seconds = self._core.opts.visibility_timeout
         self._client = async_client(self._core, self.options)
         self._link = Link.for_core(self._core, self.describe())
+        #: set by ``wake``: a fetch returns at its next step (at most ``poll_interval`` away)
+        self._woken = False
 
     async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await func(*args)``, tried again while the server is unreachable (``Link``)."""
@@ -494,11 +496,14 @@ class AsyncRedisTransport(AsyncTransport):
         if not queues or limit <= 0:
             return []
         deadline = time.monotonic() + max(timeout, 0.0)
+        self._woken = False
         while True:
             try:
                 got = await self._fetch_once(queues, limit, deadline)
             except redis.RedisError as exc:
                 await asyncio.sleep(self._link.lost("fetch", exc, time.monotonic()))
+                if self._woken:
+                    return []
                 continue
             self._link.ok(time.monotonic())
             if got is not None:
@@ -514,7 +519,7 @@ class AsyncRedisTransport(AsyncTransport):
         good, bad, next_due = self._core.parse_take(queues, await self._eval(call), lease)
         await self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
         remaining = deadline - time.monotonic()
-        if good or remaining <= 0:
+        if good or remaining <= 0 or self._woken:
             return good
         seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
         watch = self._core.keys.list_key(queues[self._core.rotation % len(queues)])
@@ -592,7 +597,12 @@ class AsyncRedisTransport(AsyncTransport):
     async def qsize(self, queue: str) -> int:
         return int(await self._run("qsize", self._eval, self._core.qsize_call(queue)))
 
+    def wake(self) -> None:
+        """Make a running ``fetch`` return at its next step (the caller may also cancel it)."""
+        self._woken = True
+
     async def close(self) -> None:
+        self._woken = True
         with contextlib.suppress(redis.RedisError):
             await self._client.aclose()
 
