@@ -128,7 +128,13 @@ def round_jobs(frameworks: list[str], sizes: Sizes, celeriac_prefork: bool) -> l
                 framework=fw,
                 scenario="roundtrip",
                 params={"count": sizes.roundtrips, "pool": POOLS[fw], "concurrency": c},
-                fields={"p50": "rtt.p50", "p99": "rtt.p99", "raw_ping_p50": "rtt.raw_ping"},
+                fields={
+                    "p50": "rtt.p50",
+                    "p99": "rtt.p99",
+                    "raw_ping_p50": "rtt.raw_ping",
+                    "send_leg_p50": "rtt.send_leg",
+                    "result_leg_p50": "rtt.result_leg",
+                },
             )
         )
     for fw in frameworks:
@@ -169,6 +175,7 @@ def sqlite_jobs(sizes: Sizes) -> list[Job]:
             scenario="roundtrip",
             broker="sqlite",
             params={"count": sizes.sqlite_roundtrips, "pool": "threads", "concurrency": c},
-            fields={"p50": "sqlite.p50", "p99": "sqlite.p99", "raw_ping_p50": "sqlite.raw_ping"},
+            fields={"p50": "sqlite.p50", "p99": "sqlite.p99", "raw_ping_p50": "sqlite.raw_ping",
+                    "send_leg_p50": "sqlite.send_leg", "result_leg_p50": "sqlite.result_leg"},
         ),
     ]  # fmt: skip

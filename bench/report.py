@@ -61,6 +61,8 @@ COMPARED = [
     ),
     Row("rtt.p50", "delay().get() round trip p50", "ms", False),
     Row("rtt.p99", "delay().get() round trip p99", "ms", False),
+    Row("rtt.send_leg", "  of which delay() -> task runs, p50", "ms", False),
+    Row("rtt.result_leg", "  of which task runs -> get() returns, p50", "ms", False),
     Row("rtt.raw_ping", "  raw Redis PING p50 during it", "ms", False),
     Row("idle.rss", "idle worker RSS (with children)", "MiB", False),
     Row("import.pkg", "import package + app class", "ms", False),
@@ -84,6 +86,8 @@ SQLITE = [
     Row("sqlite.drain", "drain, results stored (threads) vs Celery/Redis", "tasks/s"),
     Row("sqlite.p50", "delay().get() p50 vs Celery/Redis", "ms", False),
     Row("sqlite.p99", "delay().get() p99 vs Celery/Redis", "ms", False),
+    Row("sqlite.send_leg", "  of which delay() -> task runs, p50", "ms", False),
+    Row("sqlite.result_leg", "  of which task runs -> get() returns, p50", "ms", False),
 ]
 
 #: the Celery-on-Redis metric each SQLite row is compared with
@@ -91,6 +95,8 @@ SQLITE_VERSUS = {
     "sqlite.drain": "drain.results",
     "sqlite.p50": "rtt.p50",
     "sqlite.p99": "rtt.p99",
+    "sqlite.send_leg": "rtt.send_leg",
+    "sqlite.result_leg": "rtt.result_leg",
 }
 
 

@@ -156,13 +156,28 @@ def roundtrip(
             adapter.get(adapter.delay("add", i, i), timeout=10)
             times.append((time.perf_counter() - start) * 1000)
         raw_after = ping_rtt()
+        legs = _legs(adapter, max(50, count // 5))
     _flush()
     return {
         "p50": percentile(times, 50),
         "p99": percentile(times, 99),
         "mean": sum(times) / len(times),
         "raw_ping_p50": (raw_before["p50"] + raw_after["p50"]) / 2,
+        **legs,
     }
+
+
+def _legs(adapter: frameworks.Adapter, count: int) -> dict[str, float]:
+    """p50 of the two legs of a round trip, from ``bench.stamp`` (wall clock, ms): from before
+    ``delay()`` to the task running, and from the task running to ``get()`` returning."""
+    send, back = [], []
+    for _ in range(count):
+        start = time.time()
+        ran = float(adapter.get(adapter.delay("stamp"), timeout=10))
+        end = time.time()
+        send.append((ran - start) * 1000)
+        back.append((end - ran) * 1000)
+    return {"send_leg_p50": percentile(send, 50), "result_leg_p50": percentile(back, 50)}
 
 
 def idle(

@@ -1,5 +1,6 @@
 """The benchmark's task modules: the same two no-op tasks for each framework.
 
-``bench.add`` stores its result; ``bench.add_nr`` has ``ignore_result=True``. Both call
-``bench.marks.mark()``. URLs come from ``BENCH_BROKER_URL`` and ``BENCH_BACKEND_URL``.
+``bench.add`` stores its result; ``bench.add_nr`` has ``ignore_result=True``; both call
+``bench.marks.mark()``. ``bench.stamp`` returns when it ran. URLs come from ``BENCH_BROKER_URL``
+and ``BENCH_BACKEND_URL``.
 """

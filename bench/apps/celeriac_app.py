@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from bench.marks import mark
 from celeriac import Celeriac
@@ -24,3 +25,9 @@ def add(x: int, y: int) -> int:
 def add_nr(x: int, y: int) -> int:
     mark()
     return x + y
+
+
+@app.task(name="bench.stamp")
+def stamp() -> float:
+    """When it ran (wall clock): splits a round trip into its send and its result legs."""
+    return time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from huey import RedisHuey
 
@@ -21,3 +22,9 @@ def add(x: int, y: int) -> int:
 def add_nr(x: int, y: int) -> None:
     """Huey stores no result for a task that returns None: its ``ignore_result``."""
     mark()
+
+
+@huey.task(name="bench.stamp")
+def stamp() -> float:
+    """When it ran (wall clock): splits a round trip into its send and its result legs."""
+    return time.time()

@@ -321,10 +321,26 @@ def test_connection_refused_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "down.py").write_text(
         "from celeriac import Celeriac\n"
         "app = Celeriac('down', broker='redis://127.0.0.1:1/0', backend='redis://127.0.0.1:1/0',"
-        " task_publish_retry=False)\n"
+        " task_publish_retry=False,"
+        " broker_transport_options={'connect_retries_timeout': 0.2})\n"
     )
     line = assert_one_line_error(run_cli("-A", "down", "call", "x", cwd=tmp_path), 1)
     assert "refused" in line.lower()
+
+
+def test_workdir_and_config_options(
+    workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    (workdir / "otherconfig.py").write_text("task_default_queue = 'other'\n")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    args = ["--workdir", str(workdir), "-A", "proj", "--config", "otherconfig", "purge", "-f"]
+    proc = run_cli(*args, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "Purged 0 messages from 1 queue(s): other"
+    missing = run_cli("-A", "proj", "--config", "nowhere", "purge", "-f", cwd=workdir)
+    assert "--config nowhere: The module 'nowhere' was not found" in assert_one_line_error(
+        missing, 2
+    )
 
 
 def test_purge_through_the_console_script(workdir: Path) -> None:

@@ -6,6 +6,7 @@ unreachable, failed under ``CI=true``. Each test uses its own key prefix and del
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -18,8 +19,8 @@ from typing import Any
 import pytest
 
 from celeriac import states
-from celeriac.backends.base import ResultBackend
-from celeriac.backends.redis import RedisStore
+from celeriac.backends.base import AsyncResultBackend, ResultBackend
+from celeriac.backends.redis import AsyncRedisStore, RedisStore
 from celeriac.protocol.result_meta import ResultMeta
 
 redis = pytest.importorskip("redis")
@@ -131,3 +132,97 @@ def test_success_is_not_overwritten_and_set_many_is_one_multi(store: RedisStore)
     )
     assert [m.status for m in backend.get_many(["a", "b"])] == [states.SUCCESS, states.STARTED]
     assert store.incr("counter", 2, 10) == 2
+
+
+# -- the worker's native async path ------------------------------------------------------------
+def success(task_id: str, value: object) -> ResultMeta:
+    return ResultMeta(task_id=task_id, status=states.SUCCESS, result=value, children=[])
+
+
+def test_async_backend_writes_through_the_native_store(
+    store: RedisStore, client: Any, prefix: str
+) -> None:
+    backend = AsyncResultBackend(ResultBackend(store))
+    assert isinstance(backend.store, AsyncRedisStore)
+    native = backend.store
+    reads: list[list[str]] = []
+    real_mget = native.mget
+
+    async def counting_mget(keys: Any) -> Any:
+        reads.append(list(keys))
+        return await real_mget(keys)
+
+    native.mget = counting_mget  # type: ignore[method-assign]
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(prefix + "celery-task-meta-a")
+
+    async def scenario() -> None:
+        await backend.store_many([success("a", 1), success("b", 2)])
+        assert reads == []  # SUCCESS is written whatever is stored: nothing to read first
+        failure = ResultMeta(task_id="a", status=states.FAILURE, result=None, children=[])
+        started = ResultMeta(task_id="c", status=states.STARTED, result=None, children=[])
+        await backend.store_many([failure, started])
+        assert reads == [["celery-task-meta-a", "celery-task-meta-c"]]
+        assert (await backend.get_meta("a")).status == states.SUCCESS  # not overwritten
+        assert (await backend.get_meta("c")).status == states.STARTED
+        assert (await backend.get_meta("missing")).status == states.PENDING
+        assert await backend.incr("n", 3) == 3
+        assert await backend.cleanup() == 0
+        await backend.close()
+
+    try:
+        asyncio.run(scenario())
+        message = None
+        deadline = time.monotonic() + 5
+        while message is None and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+        assert message is not None and json.loads(message["data"])["status"] == "SUCCESS"
+    finally:
+        pubsub.close()
+    # the same records through the sync store, which the async backend did not close
+    metas = ResultBackend(store).get_many(["a", "b", "c"])
+    assert [(m.status, m.result) for m in metas] == [
+        (states.SUCCESS, 1),
+        (states.SUCCESS, 2),
+        (states.STARTED, None),
+    ]
+    assert 0 < client.pttl(prefix + "celery-task-meta-b") <= 86400 * 1000
+    assert client.ttl(prefix + "n") > 0
+
+
+def test_async_backend_keeps_the_thread_adapter_when_asked_or_unsure(store: RedisStore) -> None:
+    class Custom(RedisStore):
+        pass
+
+    custom = Custom(store.url, options=store.options)
+    for backend in (
+        AsyncResultBackend(ResultBackend(store), native=False),
+        AsyncResultBackend(ResultBackend(custom)),
+    ):
+        assert backend.store is None
+
+        async def scenario(backend: AsyncResultBackend = backend) -> ResultMeta:
+            await backend.store_many([success("t", "x")])
+            meta = await backend.get_meta("t")
+            await backend.close()
+            return meta
+
+        assert asyncio.run(scenario()).result == "x"
+    custom.close()
+
+
+def test_async_wait_for_change_is_woken_by_a_sync_write(store: RedisStore, prefix: str) -> None:
+    async def scenario() -> tuple[bytes | None, float]:
+        native = AsyncRedisStore(URL, options={"global_keyprefix": prefix})
+        try:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.3, lambda: loop.run_in_executor(None, store.set, "k", b"v", 60))
+            start = time.monotonic()
+            value = await native.wait_for_change("k", None, 10.0)
+            return value, time.monotonic() - start
+        finally:
+            await native.close()
+
+    value, elapsed = asyncio.run(scenario())
+    assert value == b"v"
+    assert elapsed < 1.0  # the PUBLISH woke it, not the 1 s re-read

@@ -35,9 +35,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from celeriac._internal.sqlite import SQLiteDatabase, backoff, notifier_for, sqlite_path
 from celeriac.backends.base import KeyValueStore
 from celeriac.exceptions import OperationalError
-from celeriac.transports.sqlite import SQLiteDatabase, backoff, notifier_for, sqlite_path
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS celeriac_results (

@@ -48,7 +48,6 @@ Guarantees
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -56,269 +55,27 @@ import socket
 import sqlite3
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import unquote
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from celeriac.exceptions import EncodeError, ImproperlyConfigured, OperationalError
+from celeriac._internal.sqlite import (
+    DEFAULT_FILENAME,
+    SCHEMA_VERSION,
+    Notifier,
+    SQLiteDatabase,
+    backoff,
+    is_busy,
+    notifier_for,
+    one_line,
+    sqlite_path,
+)
+from celeriac.exceptions import EncodeError
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.base import DEFAULT_LEASE_SECONDS, DeadLetter, Delivery, Transport
 
-T = TypeVar("T")
-
-DEFAULT_FILENAME = "celeriac.sqlite3"
-#: layout version of a Celeriac SQLite file (``PRAGMA user_version``), broker and results alike
-SCHEMA_VERSION = 1
-
+#: message states
 READY, DELAYED, HELD = 0, 1, 2
-_MAX_REASON = 1000
 
-
-def sqlite_path(url: str) -> Path:
-    """The database file named by a ``sqlite://`` URL (relative paths stay relative).
-
-    >>> sqlite_path("sqlite:///data/q.db"), sqlite_path("sqlite:////tmp/q.db")
-    (PosixPath('data/q.db'), PosixPath('/tmp/q.db'))
-    >>> sqlite_path("sqlite://")
-    PosixPath('celeriac.sqlite3')
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or not scheme.lower().endswith("sqlite"):
-        raise ImproperlyConfigured(f"{url!r} is not a sqlite:// URL (sqlite:///path/to/file.db)")
-    if "?" in rest or "#" in rest:
-        raise ImproperlyConfigured(
-            f"{url!r}: sqlite URLs take no query string; use broker_transport_options"
-        )
-    if rest and not rest.startswith("/"):
-        raise ImproperlyConfigured(
-            f"{url!r}: sqlite URLs have no host; use sqlite:///relative.db or sqlite:////abs.db"
-        )
-    path = unquote(rest[1:])
-    if not path:
-        return Path(DEFAULT_FILENAME)
-    if path == ":memory:":
-        raise ImproperlyConfigured(f"{url!r}: an in-memory SQLite database cannot be shared")
-    return Path(path)
-
-
-def one_line(reason: str, limit: int = _MAX_REASON) -> str:
-    """``reason`` on one line, at most ``limit`` characters."""
-    text = " ".join(reason.splitlines()).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def backoff(delay: float, low: float, high: float) -> float:
-    """The next idle pause: double ``delay``, within [``low``, ``high``]."""
-    return max(low, min(delay * 2, high))
-
-
-# -- in-process notification ---------------------------------------------------------------------
-class Notifier:
-    """A generation counter with a condition: writers ``notify``, waiters wait for a change."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self.generation = 0
-
-    def notify(self) -> None:
-        with self._cond:
-            self.generation += 1
-            self._cond.notify_all()
-
-    def wait(self, seen: int, timeout: float) -> int:
-        """Wait until the generation differs from ``seen`` or ``timeout`` passes; returns it."""
-        with self._cond:
-            if self.generation == seen and timeout > 0:
-                self._cond.wait(timeout)
-            return self.generation
-
-
-_notifiers: dict[str, Notifier] = {}
-_registry_lock = threading.Lock()
-_schemas_ready: set[tuple[str, str]] = set()
-
-
-def notifier_for(key: str) -> Notifier:
-    """The process-wide notifier of one database file (and channel), e.g. ``"/x.db#queue"``."""
-    with _registry_lock:
-        found = _notifiers.get(key)
-        if found is None:
-            found = _notifiers[key] = Notifier()
-        return found
-
-
-def _reset_after_fork() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    _notifiers.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-# -- connections ---------------------------------------------------------------------------------
-class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced (``SQLiteDatabase.close`` finds them all)."""
-
-
-class _ThreadConnection:
-    """A thread's connection; closed when the thread ends and its thread-local data goes.
-
-    (A ``sqlite3.Connection`` sits in a reference cycle with its statement cache, so without
-    this it would hold its file descriptor until the garbage collector runs.)
-    """
-
-    __slots__ = ("conn", "epoch", "pid")
-
-    def __init__(self, conn: sqlite3.Connection, pid: int, epoch: int) -> None:
-        self.conn, self.pid, self.epoch = conn, pid, epoch
-
-    def __del__(self) -> None:
-        if self.pid == os.getpid():  # never close a connection inherited over fork
-            with contextlib.suppress(Exception):
-                self.conn.close()
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite's SQLITE_BUSY/SQLITE_LOCKED (another process holds a lock)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in (5, 6)
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-class SQLiteDatabase:
-    """One database file: a connection per thread (per process), WAL, busy timeout and retries.
-
-    ``schema`` is a list of idempotent DDL statements run once per process on first use.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        schema: Sequence[str],
-        name: str,
-        busy_timeout: float = 10.0,
-        synchronous: str = "NORMAL",
-    ) -> None:
-        self.path = path
-        self.schema = tuple(schema)
-        self.name = name
-        self.busy_timeout = busy_timeout
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ImproperlyConfigured(f"synchronous={synchronous!r}: OFF, NORMAL, FULL or EXTRA")
-        self.synchronous = synchronous.upper()
-        self._local = threading.local()
-        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._epoch = 0
-
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened (and the schema made) on first use."""
-        held: _ThreadConnection | None = getattr(self._local, "held", None)
-        if held is not None and held.pid == os.getpid() and held.epoch == self._epoch:
-            return held.conn
-        if held is not None and held.pid != os.getpid():
-            held.pid = -1  # inherited over fork: leave it alone, the parent still uses the file
-        conn = self._retry(self._open)
-        self._local.held = _ThreadConnection(conn, os.getpid(), self._epoch)
-        return conn
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            str(self.path),
-            timeout=self.busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,
-            factory=_Connection,
-        )
-        try:
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA journal_size_limit=67108864")  # the WAL shrinks back to 64 MiB
-            self._ensure_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        with self._lock:
-            self._all.add(conn)
-        return conn
-
-    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        key = (str(self.path), self.name)
-        if key in _schemas_ready:
-            return
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ImproperlyConfigured(
-                    f"{self.path} has Celeriac layout version {version}; this version of "
-                    f"Celeriac knows up to {SCHEMA_VERSION}: upgrade Celeriac or use another file"
-                )
-            for statement in self.schema:
-                conn.execute(statement)
-            if version < SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        _schemas_ready.add(key)
-
-    def _retry(self, func: Callable[[], T]) -> T:
-        """Run ``func``, retrying while the file is locked (up to ``busy_timeout``)."""
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.001
-        while True:
-            try:
-                return func()
-            except sqlite3.Error as exc:
-                if not is_busy(exc) or time.monotonic() >= deadline:
-                    raise OperationalError(f"SQLite {self.path}: {exc}") from exc
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-
-    def read(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``func(connection)`` outside any write lock (each statement sees a snapshot)."""
-        return self._retry(lambda: func(self.connection()))
-
-    def write(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``func(connection)`` in one ``BEGIN IMMEDIATE`` transaction, retried when busy."""
-
-        def attempt() -> T:
-            conn = self.connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = func(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return self._retry(attempt)
-
-    def close(self) -> None:
-        """Close every connection of this object (all threads). Later calls open new ones."""
-        with self._lock:
-            self._epoch += 1
-            conns = list(self._all)
-            self._all = weakref.WeakSet()
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):  # closing is best effort
-                conn.close()
-
-
-# -- the transport -------------------------------------------------------------------------------
 _MESSAGE_COLUMNS = "content_type, content_encoding, headers, properties, body"
 #: the message columns as bytes, so that a corrupt (non UTF-8) text never fails in sqlite3 itself
 _RAW_COLUMNS = (
@@ -741,3 +498,16 @@ class SQLiteTransport(Transport):
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
+
+
+__all__ = [
+    "DEFAULT_FILENAME",
+    "SCHEMA_VERSION",
+    "Notifier",
+    "SQLiteTransport",
+    "backoff",
+    "decode_row",
+    "is_busy",
+    "one_line",
+    "sqlite_path",
+]
