@@ -7,7 +7,7 @@ every job in ``bench.plan`` (each a subprocess; Celeriac and Celery alternate), 
 Options: ``--quick`` (small counts, one round: a smoke run), ``--rounds N``, ``--peers`` (Huey,
 and a "not installed" / "no adapter" note for Dramatiq, RQ, arq, taskiq), ``--only WORDS``
 (jobs whose label contains one of the comma-separated words, e.g. ``--only raw,enqueue``),
-``--no-sqlite``.
+``--no-sqlite``, ``--drain N`` (tasks per drain on Redis).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peers", action="store_true", help="also Huey (and skip notes)")
     parser.add_argument("--only", help="comma-separated words: run the jobs whose label has one")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite jobs")
+    parser.add_argument("--drain", type=int, metavar="N", help="tasks per drain (default 20,000)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
     return parser.parse_args(argv)
 
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes.quick() if args.quick else Sizes()
     if args.rounds:
         sizes = replace(sizes, rounds=args.rounds)
+    if args.drain:
+        sizes = replace(sizes, drain=args.drain)
     names, peers, notes = choose_frameworks(args.peers)
     prefork = celeriac_has_prefork()
     if not prefork:

@@ -1,5 +1,8 @@
 """The table on stdout and the JSON file: medians, min-max, ratios to Celery, targets.
 
+``python -m bench.report bench/results/<file>.json [--markdown]`` prints a saved run again (as
+Markdown for ``docs/benchmarks.md``).
+
 ``samples[metric][column]`` holds the values of every round. A ratio is Celeriac's median over
 Celery's, both from this run; the arrow after the unit says which way is better.
 """
@@ -123,15 +126,25 @@ def _arrow(row: Row) -> str:
     return f"{row.unit} {'↑' if row.higher_is_better else '↓'}"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+Table = tuple[list[str], list[list[str]]]
+
+
+def format_table(table: Table, markdown: bool = False) -> list[str]:
+    """Aligned plain text, or a Markdown table."""
+    headers, rows = table
+    if not rows:
+        return []
+    if markdown:
+        out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        return out + ["| " + " | ".join(r) + " |" for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    out = [line.rstrip(), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return out
 
 
-def compared_table(samples: Samples, peers: list[str]) -> list[str]:
+def compared_table(samples: Samples, peers: list[str]) -> Table:
     headers = ["metric", "unit", "Celeriac", "Celery", "Celeriac/Celery", *peers]
     rows = []
     for row in COMPARED:
@@ -144,19 +157,19 @@ def compared_table(samples: Samples, peers: list[str]) -> list[str]:
         line.append(ratio(summary(ours)["median"], summary(celery)["median"]))
         line += [cell(samples.get(row.theirs, {}).get(p, [])) for p in peers]
         rows.append(line)
-    return _table(headers, rows)
+    return headers, rows
 
 
-def raw_table(samples: Samples) -> list[str]:
+def raw_table(samples: Samples) -> Table:
     rows = [
         [row.label, _arrow(row), cell(samples.get(row.metric, {}).get("raw", []))]
         for row in RAW
         if samples.get(row.metric)
     ]
-    return _table(["raw redis-py (no framework)", "unit", "value"], rows) if rows else []
+    return ["raw redis-py (no framework)", "unit", "value"], rows
 
 
-def sqlite_table(samples: Samples) -> list[str]:
+def sqlite_table(samples: Samples) -> Table:
     rows = []
     for row in SQLITE:
         ours = samples.get(row.metric, {}).get("sqlite", [])
@@ -165,8 +178,7 @@ def sqlite_table(samples: Samples) -> list[str]:
         celery = samples.get(SQLITE_VERSUS[row.metric], {}).get("celery", [])
         ratio_text = ratio(summary(ours)["median"], summary(celery)["median"])
         rows.append([row.label, _arrow(row), cell(ours), cell(celery), ratio_text])
-    headers = ["Celeriac on SQLite", "unit", "SQLite", "Celery/Redis", "ratio"]
-    return _table(headers, rows) if rows else []
+    return ["Celeriac on SQLite", "unit", "SQLite", "Celery/Redis", "ratio"], rows
 
 
 def targets(samples: Samples) -> list[tuple[str, str, bool | None]]:
@@ -204,17 +216,18 @@ def targets(samples: Samples) -> list[tuple[str, str, bool | None]]:
     return out
 
 
-def render(results: dict[str, Any]) -> str:
+def render(results: dict[str, Any], markdown: bool = False) -> str:
     samples: Samples = results["samples"]
     peers = results.get("peers", [])
-    lines = compared_table(samples, peers)
-    for block in (raw_table(samples), sqlite_table(samples)):
+    lines = format_table(compared_table(samples, peers), markdown)
+    for table in (raw_table(samples), sqlite_table(samples)):
+        block = format_table(table, markdown)
         if block:
             lines += ["", *block]
-    lines += ["", "targets (issue 8), Celeriac medians:"]
+    lines += ["", "targets (issue 8), Celeriac medians:", ""]
     for what, measured, met in targets(samples):
         mark = {True: "met   ", False: "MISSED", None: "  -   "}[met]
-        lines.append(f"  [{mark}] {what}: {measured}")
+        lines.append(f"{'-' if markdown else ' '} [{mark.strip() or '-'}] {what}: {measured}")
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     for error in results.get("errors", []):
@@ -235,3 +248,16 @@ def _summaries(samples: Samples) -> dict[str, dict[str, dict[str, float]]]:
         metric: {column: summary(values) for column, values in columns.items()}
         for metric, columns in samples.items()
     }
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.report RESULTS.json [--markdown]``: print a saved run's table again."""
+    data = json.loads(Path(argv[0]).read_text())
+    print(render(data, markdown="--markdown" in argv))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -263,6 +263,9 @@ for _setting in SETTINGS:
     for _old in _setting.old:
         ALIASES[_old] = _setting.name
 
+#: ``CELERIAC_*`` environment variables that are not settings (CLI and test switches)
+NOT_SETTINGS = frozenset({"app", "config_module", "shared_dir", "workdir"})
+
 _TRUE = {"1", "true", "yes", "on", "y"}
 _FALSE = {"0", "false", "no", "off", "n", ""}
 
@@ -385,7 +388,7 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         if not key.startswith("CELERIAC_"):
             continue
         name = key[len("CELERIAC_") :].lower()
-        if name in ("config_module", "app"):
+        if name in NOT_SETTINGS or name.startswith("test_"):
             continue
         if name not in TABLE:
             raise ImproperlyConfigured(

@@ -46,7 +46,9 @@ class TaskAwareFormatter(logging.Formatter):
         self._task = logging.Formatter(task_fmt)
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.__dict__.get("task_id", "???") != "???":
+        # The worker's own lines about a task already name it ("Task add[id] received").
+        inside_task = record.__dict__.get("task_id", "???") != "???"
+        if inside_task and not record.name.startswith("celeriac.worker"):
             return self._task.format(record)
         return super().format(record)
 

@@ -169,7 +169,13 @@ class Task(Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[R]:
-        """Send the task (Celery's options: countdown, eta, expires, queue, priority, ...)."""
+        """Send the task (Celery's options: countdown, eta, expires, queue, priority, ...).
+
+        With ``typing`` (the default) arguments that do not fit the function raise ``TypeError``
+        here, before anything is sent, as in Celery.
+        """
+        if self.typing:
+            self.check_arguments(tuple(args or ()), dict(kwargs or {}))
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task=self, **options)

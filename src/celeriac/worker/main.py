@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac import __version__, signals
 from celeriac._internal.ids import default_nodename
 from celeriac._internal.urls import redact_url
+from celeriac.app.routing import known_queues
 from celeriac.backends.base import AsyncResultBackend
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.worker.consumer import Consumer, IOBatch
@@ -92,7 +93,11 @@ class Worker:
             self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         if self.concurrency < 1:
             raise ImproperlyConfigured(f"concurrency must be at least 1, not {self.concurrency}")
-        self.queues = parse_queues(queues) or [str(conf.task_default_queue)]
+        self.queues = (
+            parse_queues(queues)
+            or sorted(known_queues(conf.task_queues) or ())
+            or [str(conf.task_default_queue)]
+        )
         multiplier = (
             conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
         )
