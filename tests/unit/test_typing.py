@@ -43,7 +43,7 @@ SNIPPET = textwrap.dedent(
 def test_mypy_flags_wrong_arguments_and_knows_result_types(tmp_path: Path) -> None:
     path = tmp_path / "snippet.py"
     path.write_text(SNIPPET)
-    out, err, _ = api.run(
+    out, _err, _ = api.run(
         [str(path), "--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy")]
     )
     lines = out.splitlines()
