@@ -29,6 +29,8 @@ class Row:
     higher_is_better: bool = True
     #: the metric Celery (and the peers) report for this row, when it is not ``metric``
     versus: str = ""
+    #: context for the row above it (no ratio: lower is not "better" there)
+    context: bool = False
 
     @property
     def theirs(self) -> str:
@@ -66,11 +68,11 @@ COMPARED = [
     Row("rtt.p99", "delay().get() round trip p99", "ms", False),
     Row("rtt.send_leg", "  of which delay() -> task runs, p50", "ms", False),
     Row("rtt.result_leg", "  of which task runs -> get() returns, p50", "ms", False),
-    Row("rtt.raw_ping", "  raw Redis PING p50 during it", "ms", False),
+    Row("rtt.raw_ping", "  raw Redis PING p50 during it", "ms", False, context=True),
     Row("idle.rss", "idle worker RSS (with children)", "MiB", False),
     Row("import.pkg", "import package + app class", "ms", False),
     Row("import.app", "import task module (app + 2 tasks)", "ms", False),
-    Row("message.bytes", "message size on Redis", "bytes", False),
+    Row("message.bytes", "message size on Redis", "bytes", False, context=True),
 ]
 
 RAW = [
@@ -123,6 +125,8 @@ def ratio(ours: float, theirs: float) -> str:
 
 
 def _arrow(row: Row) -> str:
+    if row.context:
+        return row.unit
     return f"{row.unit} {'↑' if row.higher_is_better else '↓'}"
 
 
@@ -145,7 +149,8 @@ def format_table(table: Table, markdown: bool = False) -> list[str]:
 
 
 def compared_table(samples: Samples, peers: list[str]) -> Table:
-    headers = ["metric", "unit", "Celeriac", "Celery", "Celeriac/Celery", *peers]
+    headers = ["metric", "unit", "Celeriac", "Celery", "Celeriac/Celery"]
+    headers += [p.capitalize() for p in peers]
     rows = []
     for row in COMPARED:
         data = samples.get(row.metric, {})
@@ -154,7 +159,8 @@ def compared_table(samples: Samples, peers: list[str]) -> Table:
         celery = samples.get(row.theirs, {}).get("celery", [])
         ours = data.get("celeriac", [])
         line = [row.label, _arrow(row), cell(ours), cell(celery)]
-        line.append(ratio(summary(ours)["median"], summary(celery)["median"]))
+        compared = ratio(summary(ours)["median"], summary(celery)["median"])
+        line.append("" if row.context else compared)
         line += [cell(samples.get(row.theirs, {}).get(p, [])) for p in peers]
         rows.append(line)
     return headers, rows
@@ -226,12 +232,18 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
             lines += ["", *block]
     lines += ["", "targets (issue 8), Celeriac medians:", ""]
     for what, measured, met in targets(samples):
-        mark = {True: "met   ", False: "MISSED", None: "  -   "}[met]
-        lines.append(f"{'-' if markdown else ' '} [{mark.strip() or '-'}] {what}: {measured}")
+        label = {True: "met", False: "MISSED", None: "-"}[met]
+        if markdown:
+            lines.append(f"- [{label}] {what}: {measured}")
+        else:
+            lines.append(f"  [{label:^6}] {what}: {measured}")
+    bullet = "- " if markdown else ""
+    if results.get("notes") or results.get("errors"):
+        lines.append("")
     for note in results.get("notes", []):
-        lines.append(f"note: {note}")
+        lines.append(f"{bullet}note: {note}")
     for error in results.get("errors", []):
-        lines.append(f"error: {error}")
+        lines.append(f"{bullet}error: {error}")
     return "\n".join(lines)
 
 

@@ -305,3 +305,69 @@ def test_async_driver_round_trip(prefix: str, make: Callable[..., RedisTransport
     asyncio.run(main())
     [left] = sync.fetch(["q"], 1, 1.0)
     assert (left.message.body, left.redelivered) == (b"y", True)
+
+
+# -- batches -----------------------------------------------------------------------------------
+def test_one_ack_settles_many_across_queues_and_skips_stale_leases(
+    make: Callable[..., RedisTransport], client: Any, prefix: str
+) -> None:
+    holder, rival = make(), make()
+    for queue in ("q1", "q2"):
+        holder.publish_many([(queue, msg(f"{queue}-{p}", priority=p), None) for p in (0, 3, 9)])
+    got = fetch_until(holder, ["q1", "q2"], 6)
+    assert len(got) == 6
+    stale = got[0]  # its lease runs out and a rival is handed the message
+    client.zadd(prefix + "unacked_index", {stale.tag: time.time() - 100})
+    assert rival.restore_expired() == 1
+    [again] = rival.fetch(["q1", "q2"], 1, 1.0)
+    assert again.tag == stale.tag
+    holder.ack(got)  # one script call: the five still held go, the stale one is left alone
+    assert client.hkeys(prefix + "unacked") == [stale.tag.encode()]
+    rival.ack([again])
+    assert client.hlen(prefix + "unacked") == 0
+    assert client.zcard(prefix + "unacked_index") == 0
+    assert client.hlen(prefix + "celeriac.deliveries") == 0
+    assert holder.qsize("q1") == holder.qsize("q2") == 0
+
+
+def test_batched_requeue_keeps_order_and_renew_covers_all(
+    make: Callable[..., RedisTransport], client: Any, prefix: str
+) -> None:
+    transport = make()
+    transport.publish_many([("q", msg(name), None) for name in "abcd"])
+    got = fetch_until(transport, ["q"], 4)
+    old = time.time() - 50
+    client.zadd(prefix + "unacked_index", {d.tag: old for d in got})
+    transport.renew(got)
+    assert all(
+        s > old + 40 for _, s in client.zrange(prefix + "unacked_index", 0, -1, withscores=True)
+    )
+    transport.requeue(got[:3])
+    transport.ack(got[3:])
+    again = fetch_until(transport, ["q"], 3)
+    assert [d.message.body for d in again] == [b"a", b"b", b"c"]
+    assert all(d.redelivered and d.delivery_count == 1 for d in again)
+    transport.ack(again)
+    assert transport.qsize("q") == 0
+
+
+def test_close_interrupts_a_blocked_fetch_without_an_outage(
+    make: Callable[..., RedisTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import threading
+
+    caplog.set_level(logging.WARNING, logger="celeriac")
+    transport = make(poll_interval=10.0)
+    transport.fetch(["q"], 1, 0)  # connect
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(transport.fetch(["q"], 1, 20.0)))
+    thread.start()
+    deadline = time.monotonic() + SOON
+    while transport._blocker is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # in BLMOVE by now, most likely; either way close must end the fetch
+    transport.close()
+    thread.join(SOON)
+    assert not thread.is_alive() and result == [[]]
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]

@@ -1,6 +1,7 @@
 """SQLite plumbing shared by the SQLite broker and result store: the file path of a
 ``sqlite://`` URL, per-thread connections in WAL mode with busy retries (``SQLiteDatabase``), the
-layout version (``PRAGMA user_version``), in-process wake-ups (``Notifier``) and backoff.
+layout version (``PRAGMA user_version``) and backoff. Wake-ups across processes are in
+``celeriac._internal.wake``.
 
 It lives here, below both drivers, because transports and backends are independent layers.
 """
@@ -62,54 +63,23 @@ def one_line(reason: str, limit: int = _MAX_REASON) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def flag(value: object) -> bool:
+    """A boolean option that may be written as text (``"false"``, ``"0"``, ``"off"``, ``"no"``).
+
+    >>> flag(True), flag("off"), flag(0), flag("yes")
+    (True, False, False, True)
+    """
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
+
+
 def backoff(delay: float, low: float, high: float) -> float:
     """The next idle pause: double ``delay``, within [``low``, ``high``]."""
     return max(low, min(delay * 2, high))
 
 
-# -- in-process notification ---------------------------------------------------------------------
-class Notifier:
-    """A generation counter with a condition: writers ``notify``, waiters wait for a change."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self.generation = 0
-
-    def notify(self) -> None:
-        with self._cond:
-            self.generation += 1
-            self._cond.notify_all()
-
-    def wait(self, seen: int, timeout: float) -> int:
-        """Wait until the generation differs from ``seen`` or ``timeout`` passes; returns it."""
-        with self._cond:
-            if self.generation == seen and timeout > 0:
-                self._cond.wait(timeout)
-            return self.generation
-
-
-_notifiers: dict[str, Notifier] = {}
-_registry_lock = threading.Lock()
 _schemas_ready: set[tuple[str, str]] = set()
-
-
-def notifier_for(key: str) -> Notifier:
-    """The process-wide notifier of one database file (and channel), e.g. ``"/x.db#queue"``."""
-    with _registry_lock:
-        found = _notifiers.get(key)
-        if found is None:
-            found = _notifiers[key] = Notifier()
-        return found
-
-
-def _reset_after_fork() -> None:
-    global _registry_lock
-    _registry_lock = threading.Lock()
-    _notifiers.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 # -- connections ---------------------------------------------------------------------------------
@@ -270,5 +240,3 @@ class SQLiteDatabase:
             with contextlib.suppress(sqlite3.Error):  # closing is best effort
                 conn.close()
 
-
-# -- the transport -------------------------------------------------------------------------------

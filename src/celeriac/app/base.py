@@ -368,7 +368,6 @@ class Celeriac:
             serializer=self.conf.result_serializer,
             accept=self.conf.result_accept_content or self.conf.accept_content,
             expires=self.conf.result_expires,
-            key_prefix=str(options.get("global_keyprefix", "")),
             extended=self.conf.result_extended,
         )
 

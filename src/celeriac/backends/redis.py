@@ -19,12 +19,14 @@ Options (``result_backend_transport_options``)
     ``connect_retries_timeout`` (20 s).
 
 Keys and writes (spec §5.1)
-    One STRING per key (``celery-task-meta-<id>``, ``celery-taskset-meta-<id>``, counters),
-    written as ``MULTI; SET <key> <value> PX <expires>; PUBLISH <key> <value>; EXEC``: the
-    pub/sub channel is named like the key, which is what Celery clients blocked in ``.get()``
-    subscribe to. ``set_many`` sends all its writes in one MULTI (one round trip). Expiry is
-    Redis's own (``cleanup`` has nothing to do). ``delete`` is a plain DEL (no PUBLISH: Celery
-    clients would fail to decode an empty message).
+    One STRING per key (``celery-task-meta-<id>``, ``celery-taskset-meta-<id>``, counters).
+    Each write is ``SET <key> <value> PX <expires>`` and ``PUBLISH <key> <value>`` in one atomic
+    step, as Celery's ``MULTI; SETEX; PUBLISH; EXEC``: the pub/sub channel is named like the
+    key, which is what Celery clients blocked in ``.get()`` subscribe to. ``set_many`` does all
+    its writes with one script call (``SET_PUBLISH``: atomic, one round trip and one reply -
+    a MULTI would cost two replies per record, which dominates the async client's time).
+    Expiry is Redis's own (``cleanup`` has nothing to do). ``delete`` is a plain DEL (no
+    PUBLISH: Celery clients would fail to decode an empty message).
 
 Waiting
     ``wait_for_change`` SUBSCRIBEs to the key's channel, then GETs the key (a write between the
@@ -86,6 +88,21 @@ _CLIENT_OPTIONS = (
 
 #: longest wait between two re-reads in ``wait_for_change`` (deletes and expiry publish nothing)
 RECHECK_SECONDS = 1.0
+
+#: ``set_many`` in one atomic step with one reply: per key ``SET key value [PX ms]`` and
+#: ``PUBLISH key value``. KEYS: the keys. ARGV: per key its expiry in ms ("" = none), value.
+SET_PUBLISH = r"""
+for i, key in ipairs(KEYS) do
+  local px, value = ARGV[2 * i - 1], ARGV[2 * i]
+  if px == '' then
+    redis.call('SET', key, value)
+  else
+    redis.call('SET', key, value, 'PX', px)
+  end
+  redis.call('PUBLISH', key, value)
+end
+return #KEYS
+"""
 #: lost connections (retried); authentication errors are ConnectionErrors no retry can fix
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 _FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
@@ -97,6 +114,18 @@ def _as_bytes(value: Any) -> bytes | None:
 
 def _expiry_ms(expires: float | None) -> int | None:
     return None if expires is None else max(1, round(expires * 1000))
+
+
+def _set_publish_args(
+    prefix: str, items: Sequence[tuple[str, bytes, float | None]]
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``SET_PUBLISH`` for ``items``."""
+    keys: list[str] = []
+    args: list[Any] = []
+    for key, value, expires in items:
+        keys.append(prefix + key)
+        args += (_expiry_ms(expires) or "", value)
+    return keys, args
 
 
 def _policy(options: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +268,7 @@ class RedisStore(KeyValueStore):
         self.prefix = str(self.options.get("global_keyprefix", "") or "")
         self._client = make_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
+        self._set_publish = self._client.register_script(SET_PUBLISH)
 
     def _run(self, what: str, func: Callable[..., T], *args: Any) -> T:
         while True:
@@ -270,12 +300,8 @@ class RedisStore(KeyValueStore):
             self._run("set", self._set_many, items)
 
     def _set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        for key, value, expires in items:
-            full = self._key(key)
-            pipe.set(full, value, px=_expiry_ms(expires))
-            pipe.publish(full, value)
-        pipe.execute()
+        keys, args = _set_publish_args(self.prefix, items)
+        self._set_publish(keys=keys, args=args)
 
     def delete(self, keys: Sequence[str]) -> None:
         if keys:
@@ -341,6 +367,7 @@ class AsyncRedisStore(AsyncKeyValueStore):
         self.prefix = str(self.options.get("global_keyprefix", "") or "")
         self._client = make_async_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
+        self._set_publish = self._client.register_script(SET_PUBLISH)
 
     async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         while True:
@@ -373,12 +400,8 @@ class AsyncRedisStore(AsyncKeyValueStore):
             await self._run("set", self._set_many, items)
 
     async def _set_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        for key, value, expires in items:
-            full = self._key(key)
-            pipe.set(full, value, px=_expiry_ms(expires))
-            pipe.publish(full, value)
-        await pipe.execute()
+        keys, args = _set_publish_args(self.prefix, items)
+        await self._set_publish(keys=keys, args=args)
 
     async def delete(self, keys: Sequence[str]) -> None:
         if keys:

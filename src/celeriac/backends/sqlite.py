@@ -32,10 +32,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from celeriac._internal.sqlite import SQLiteDatabase, backoff, notifier_for, sqlite_path
+from celeriac._internal.sqlite import SQLiteDatabase, backoff, flag, sqlite_path
+from celeriac._internal.wake import result_channel, wake_hub
 from celeriac.backends.base import KeyValueStore
 from celeriac.exceptions import OperationalError
 
@@ -83,7 +84,9 @@ class SQLiteStore(KeyValueStore):
             busy_timeout=float(opts.get("busy_timeout", 10.0)),
             synchronous=str(opts.get("synchronous", "NORMAL")),
         )
-        self._key = f"{self.path}#results"
+        #: wake waiters in other processes through sockets (``celeriac._internal.wake``)
+        self.wake_ups = flag(opts.get("wake", True))
+        self._hub = wake_hub(self.path)
         self._writes = 0
         self._writes_lock = threading.Lock()
 
@@ -119,15 +122,15 @@ class SQLiteStore(KeyValueStore):
         now = time.time()
         rows = [(key, bytes(value), _expiry(expires, now)) for key, value, expires in items]
         self._db.write(lambda conn: conn.executemany(_UPSERT, rows))
+        self._notify(row[0] for row in rows)
         self._written(len(rows))
-        notifier_for(self._key).notify()
 
     def delete(self, keys: Sequence[str]) -> None:
         if keys:
             rows = [(k,) for k in keys]
             sql = "DELETE FROM celeriac_results WHERE key = ?"
             self._db.write(lambda conn: conn.executemany(sql, rows))
-            notifier_for(self._key).notify()
+            self._notify(keys)
 
     def incr(self, key: str, amount: int = 1, expires: float | None = None) -> int:
         def add(conn: sqlite3.Connection) -> int:
@@ -146,22 +149,31 @@ class SQLiteStore(KeyValueStore):
             return new
 
         value = self._db.write(add)
+        self._notify((key,))
         self._written(1)
-        notifier_for(self._key).notify()
         return value
 
     def wait_for_change(self, key: str, previous: bytes | None, timeout: float) -> bytes | None:
         deadline = time.monotonic() + max(0.0, timeout)
-        notifier = notifier_for(self._key)
-        delay = self.poll_min
-        while True:
-            seen = notifier.generation
-            value = self.get(key)
-            remaining = deadline - time.monotonic()
-            if value != previous or remaining <= 0:
-                return value
-            if notifier.wait(seen, min(delay, remaining)) == seen:
-                delay = backoff(delay, self.poll_min, self.poll_max)
+        value = self.get(key)
+        if value != previous or timeout <= 0:
+            return value
+        # listen first, then look again: a write after that look wakes the listener
+        with self._hub.listen(result_channel(key), remote=self.wake_ups) as listener:
+            delay = self.poll_min
+            while True:
+                value = self.get(key)
+                remaining = deadline - time.monotonic()
+                if value != previous or remaining <= 0:
+                    return value
+                if listener.wait(min(delay, remaining)):
+                    delay = self.poll_min
+                else:
+                    delay = backoff(delay, self.poll_min, self.poll_max)
+
+    def _notify(self, keys: Iterable[str]) -> None:
+        """After a commit: wake whoever waits for one of ``keys``, in any process."""
+        self._hub.notify({result_channel(key) for key in keys}, remote=self.wake_ups)
 
     # -- expiry --------------------------------------------------------------------------------
     def _written(self, count: int) -> None:

@@ -240,6 +240,8 @@ class RedisTransport(Transport):
                 got = self._fetch_once(queues, limit, deadline)
             except redis.RedisError as exc:
                 self._drop_blocker()
+                if self._woken.is_set():  # closed under it: not an outage
+                    return []
                 if self._woken.wait(self._link.lost("fetch", exc, time.monotonic())):
                     return []
                 continue
@@ -501,6 +503,8 @@ class AsyncRedisTransport(AsyncTransport):
             try:
                 got = await self._fetch_once(queues, limit, deadline)
             except redis.RedisError as exc:
+                if self._woken:  # closed under it: not an outage
+                    return []
                 await asyncio.sleep(self._link.lost("fetch", exc, time.monotonic()))
                 if self._woken:
                     return []

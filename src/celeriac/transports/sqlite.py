@@ -61,14 +61,14 @@ from typing import Any
 from celeriac._internal.sqlite import (
     DEFAULT_FILENAME,
     SCHEMA_VERSION,
-    Notifier,
     SQLiteDatabase,
     backoff,
+    flag,
     is_busy,
-    notifier_for,
     one_line,
     sqlite_path,
 )
+from celeriac._internal.wake import MESSAGES, Listener, wake_hub
 from celeriac.exceptions import EncodeError
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.base import DEFAULT_LEASE_SECONDS, DeadLetter, Delivery, Transport
@@ -253,7 +253,9 @@ class SQLiteTransport(Transport):
             busy_timeout=float(opts.get("busy_timeout", 10.0)),
             synchronous=str(opts.get("synchronous", "NORMAL")),
         )
-        self._key = f"{self.path}#messages"
+        #: wake consumers in other processes through sockets (``celeriac._internal.wake``)
+        self.wake_ups = flag(opts.get("wake", True))
+        self._hub = wake_hub(self.path)
         self._woken = threading.Event()
         #: claim with UPDATE ... RETURNING (SQLite >= 3.35) or select-update-read in one lock
         self.returning = _HAS_RETURNING
@@ -268,7 +270,7 @@ class SQLiteTransport(Transport):
         now = time.time()
         rows = [self._row(queue, message, eta, now) for queue, message, eta in items]
         self._db.write(lambda conn: conn.executemany(_INSERT, rows))
-        notifier_for(self._key).notify()
+        self._notify()
 
     @staticmethod
     def _row(queue: str, message: RawMessage, eta: float | None, now: float) -> tuple[Any, ...]:
@@ -292,27 +294,44 @@ class SQLiteTransport(Transport):
         if limit <= 0 or not names:
             return []
         deadline = time.monotonic() + max(0.0, timeout)
-        delay = self.poll_min
-        first = True  # the first look claims at once: one transaction, no probe
+        # the first look claims at once: one transaction, no probe, no socket
+        deliveries, _ = self._claim_ready(names, limit)
+        if deliveries or self._done(deadline):
+            return deliveries
+        with self._hub.listen(MESSAGES, remote=self.wake_ups) as listener:
+            return self._wait(names, limit, deadline, listener)
+
+    def _claim_ready(self, names: list[str], limit: int) -> tuple[list[Delivery], float | None]:
+        """Claim; again at once while the claimed rows were all corrupt (now dead letters)."""
         while True:
-            notifier = notifier_for(self._key)
-            seen = notifier.generation
-            due = 0.0 if first else self._probe(names)
-            first = False
+            deliveries, due = self._db.write(lambda conn: self._claim(conn, names, limit))
+            if deliveries or due != 0.0:
+                return deliveries, due
+
+    def _done(self, deadline: float) -> bool:
+        """Whether an empty fetch ends now: its time is up or ``wake`` was called."""
+        if deadline - time.monotonic() > 0 and not self._woken.is_set():
+            return False
+        self._woken.clear()
+        return True
+
+    def _wait(
+        self, names: list[str], limit: int, deadline: float, listener: Listener
+    ) -> list[Delivery]:
+        """Listening: look (without locking), claim when something is due, else wait."""
+        delay = self.poll_min
+        while True:
+            due = self._probe(names)
             if due is not None and due <= time.time():
-                deliveries, due = self._db.write(lambda conn: self._claim(conn, names, limit))
+                deliveries, due = self._claim_ready(names, limit)
                 if deliveries:
                     return deliveries
-                if due == 0.0:
-                    continue  # the claimed rows were all corrupt (now dead letters): look again
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._woken.is_set():
-                self._woken.clear()
+            if self._done(deadline):
                 return []
-            pause = min(delay, remaining)
+            pause = min(delay, deadline - time.monotonic())
             if due is not None:
                 pause = min(pause, max(due - time.time(), 0.001))
-            if notifier.wait(seen, pause) != seen:
+            if listener.wait(pause):
                 delay = self.poll_min
             else:
                 delay = backoff(delay, self.poll_min, self.poll_max)
@@ -395,7 +414,7 @@ class SQLiteTransport(Transport):
         if rows:
             self._db.write(lambda conn: conn.executemany(sql, rows))
             if notify:
-                notifier_for(self._key).notify()
+                self._notify()
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         keys = [k for k in map(_handle, deliveries) if k is not None]
@@ -480,7 +499,7 @@ class SQLiteTransport(Transport):
 
         moved = self._db.write(move)
         if moved:
-            notifier_for(self._key).notify()
+            self._notify()
         return moved
 
     def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
@@ -488,9 +507,13 @@ class SQLiteTransport(Transport):
         sql = f"DELETE FROM celeriac_dead_letters WHERE {where}"
         return self._db.write(lambda conn: conn.execute(sql, params).rowcount)
 
+    def _notify(self) -> None:
+        """After a commit that made messages ready: wake the consumers waiting on the file."""
+        self._hub.notify((MESSAGES,), remote=self.wake_ups)
+
     def wake(self) -> None:
         self._woken.set()
-        notifier_for(self._key).notify()
+        self._hub.poke(MESSAGES)
 
     def close(self) -> None:
         self.wake()
@@ -503,7 +526,6 @@ class SQLiteTransport(Transport):
 __all__ = [
     "DEFAULT_FILENAME",
     "SCHEMA_VERSION",
-    "Notifier",
     "SQLiteTransport",
     "backoff",
     "decode_row",
