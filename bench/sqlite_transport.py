@@ -1,24 +1,36 @@
-"""Micro-benchmark of the SQLite transport (not a test).
+"""Benchmark of the SQLite broker and result store (not a test).
 
-    .venv/bin/python bench/sqlite_transport.py [--messages 20000] [--samples 100]
+    .venv/bin/python bench/sqlite_transport.py [--messages 20000] [--samples 60] [--roundtrips 1000]
+        [--polling-interval S] [--no-wake] [--only micro,wake,e2e]
 
-Prints: publish rate (one transaction per message, and batches), fetch+ack rate with batches,
-publish -> fetch latency when the consumer is idle (same process: in-process wake; other process:
-bounded by the polling backoff), and the CPU an idle fetch burns.
+Prints, on one SQLite file in a temporary directory:
+- ``micro``: publish rate (one transaction per message, and batches), fetch+ack rate with batches,
+  and the CPU an idle ``fetch`` burns;
+- ``wake``: publish -> fetch latency while the consumer is idle (same process; other process),
+  and result ``set`` -> ``wait_for_change`` latency from another process (p50/p90/max), with
+  random gaps so that every sample starts from an idle wait;
+- ``e2e``: a worker process (``celeriac worker -P threads -c 4``) and this process doing
+  ``--roundtrips`` sequential ``add.delay(1, 1).get()``: p50/p90/p99 of the round trip.
+``--no-wake`` turns the socket wake-ups off (``broker_transport_options={"wake": False}``), so
+only polling (``--polling-interval``) finds other processes' writes: the figures before them.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from celeriac.backends.sqlite import SQLiteStore
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.sqlite import SQLiteTransport
 
@@ -130,11 +142,42 @@ def bench_latency_same_process(url: str, samples: int, options: dict[str, Any]) 
     return latencies
 
 
+def _setter(url: str, samples: int, ready: Any, options: dict[str, Any]) -> None:
+    store = SQLiteStore(url, options=options)
+    store.get("warm")
+    ready.wait(30)
+    time.sleep(0.5)
+    for i, gap in enumerate(_gaps(samples)):
+        time.sleep(gap)
+        store.set(f"result-{i}", repr(time.time()).encode(), None)
+    store.close()
+
+
+def bench_result_wake_other_process(url: str, samples: int, options: dict[str, Any]) -> list[float]:
+    """A result set in another process -> ``wait_for_change`` returns here."""
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_setter, args=(url, samples, ready, options))
+    child.start()
+    store = SQLiteStore(url, options=options)
+    store.get("warm")
+    ready.set()
+    latencies: list[float] = []
+    for i in range(samples):
+        value = store.wait_for_change(f"result-{i}", None, 30.0)
+        if value is None:
+            raise RuntimeError(f"result-{i} never came")
+        latencies.append(time.time() - float(value))
+    child.join(30)
+    store.close()
+    return latencies
+
+
 def show_latency(label: str, latencies: list[float]) -> None:
     ms = sorted(x * 1000 for x in latencies)
     p90 = ms[int(len(ms) * 0.9)]
     print(
-        f"{label:<31} p50 {statistics.median(ms):6.1f} ms  p90 {p90:6.1f} ms  "
+        f"{label:<31} p50 {statistics.median(ms):6.2f} ms  p90 {p90:6.2f} ms  "
         f"max {ms[-1]:6.1f} ms  ({len(ms)} samples)"
     )
 
@@ -148,30 +191,117 @@ def bench_idle_cpu(url: str, options: dict[str, Any], seconds: float = 3.0) -> N
     transport.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+# -- end to end: a worker process and a client -------------------------------------------------
+E2E_APP = """
+import json, os
+from celeriac import Celeriac
+
+app = Celeriac("bench_e2e", broker=os.environ["BENCH_E2E_URL"], backend=os.environ["BENCH_E2E_URL"])
+app.conf.broker_transport_options = json.loads(os.environ["BENCH_E2E_OPTIONS"])
+app.conf.result_backend_transport_options = json.loads(os.environ["BENCH_E2E_OPTIONS"])
+
+
+@app.task(name="bench_e2e.add")
+def add(x, y):
+    return x + y
+"""
+
+
+def bench_roundtrip(tmp: Path, count: int, options: dict[str, Any]) -> list[float]:
+    """``count`` sequential ``add.delay(1, 1).get()`` against a worker process (seconds each)."""
+    import json
+
+    (tmp / "bench_e2e_app.py").write_text(E2E_APP)
+    env = {
+        **os.environ,
+        "BENCH_E2E_URL": f"sqlite:///{tmp / 'e2e.db'}",
+        "BENCH_E2E_OPTIONS": json.dumps(options),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp), os.environ.get("PYTHONPATH")])),
+    }
+    argv = [sys.executable, "-m", "celeriac.cli", "-A", "bench_e2e_app", "worker"]
+    worker = subprocess.Popen(
+        [*argv, "-P", "threads", "-c", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.environ.update({k: env[k] for k in ("BENCH_E2E_URL", "BENCH_E2E_OPTIONS")})
+    sys.path.insert(0, str(tmp))
+    try:
+        import bench_e2e_app
+
+        add = bench_e2e_app.add
+        add.delay(0, 0).get(timeout=60)  # the worker is up
+        for _ in range(50):
+            add.delay(1, 1).get(timeout=10)
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            add.delay(1, 1).get(timeout=10)
+            times.append(time.perf_counter() - start)
+        return times
+    finally:
+        sys.path.remove(str(tmp))
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+
+
+def show_roundtrip(times: list[float]) -> None:
+    ms = sorted(x * 1000 for x in times)
+    p90, p99 = (ms[min(len(ms) - 1, int(len(ms) * q))] for q in (0.9, 0.99))
+    print(
+        f"delay().get() round trip        p50 {statistics.median(ms):6.2f} ms  "
+        f"p90 {p90:6.2f} ms  p99 {p99:6.2f} ms  ({len(ms)} sequential)"
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--roundtrips", type=int, default=1000)
     parser.add_argument(
         "--polling-interval", type=float, default=None, help="the transport option (s)"
     )
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+    parser.add_argument("--no-wake", action="store_true", help="polling only (no sockets)")
+    parser.add_argument("--only", default="micro,wake,e2e", help="sections (comma-separated)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    only = set(args.only.split(","))
+    options: dict[str, Any] = (
+        {} if args.polling_interval is None else {"polling_interval": args.polling_interval}
+    )
+    if args.no_wake:
+        options["wake"] = False
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        url = f"sqlite:///{tmp / 'bench.db'}"
         print(f"python {sys.version.split()[0]}, sqlite {__import__('sqlite3').sqlite_version}")
-        bench_publish(url, args.messages)
-        bench_consume(url, args.messages)
-        options = (
-            {} if args.polling_interval is None else {"polling_interval": args.polling_interval}
-        )
         probe = SQLiteTransport(url, options=options)
-        print(f"polling_interval                {probe.poll_max * 1000:.0f} ms")
+        wake = "off" if args.no_wake else "on"
+        print(f"polling_interval {probe.poll_max * 1000:.0f} ms, socket wake-ups {wake}")
         probe.close()
-        bench_idle_cpu(url, options)
-        same = bench_latency_same_process(url, args.samples, options)
-        show_latency("wake latency, same process", same)
-        other = bench_latency_other_process(url, args.samples, options)
-        show_latency("wake latency, other process", other)
+        if "micro" in only:
+            bench_publish(url, args.messages)
+            bench_consume(url, args.messages)
+            bench_idle_cpu(url, options)
+        if "wake" in only:
+            same = bench_latency_same_process(url, args.samples, options)
+            show_latency("wake latency, same process", same)
+            other = bench_latency_other_process(url, args.samples, options)
+            show_latency("wake latency, other process", other)
+            results = bench_result_wake_other_process(url, args.samples, options)
+            show_latency("result set -> wait, other proc.", results)
+        if "e2e" in only and args.roundtrips > 0:
+            show_roundtrip(bench_roundtrip(tmp, args.roundtrips, options))
 
 
 if __name__ == "__main__":

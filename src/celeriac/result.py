@@ -4,17 +4,23 @@
 ``get()`` waits through the backend's ``wait_for`` (notification-based where the backend can),
 re-raises a failed task's exception as its original type when importable (else ``RemoteError``
 carrying the type name), and refuses to run inside a task, where it could deadlock the worker.
+
+Workflows: ``parent`` links a chain's results back to its first task (a chord's result to its
+header's ``GroupResult``); ``children`` are rebuilt from the ``children`` tuples of a result
+record (``result_from_tuple``: ``[[id, parent], None]`` for a task, ``[[group_id, parent],
+[members...]]`` for a group); ``collect()`` walks the graph.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celeriac import states
 from celeriac.app import context as ctx
-from celeriac.exceptions import ImproperlyConfigured, TimeoutError
+from celeriac.exceptions import ImproperlyConfigured, IncompleteStream, TimeoutError
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -127,13 +133,33 @@ class AsyncResult(Generic[R]):
         return date_done_utc(self._get_meta())
 
     @property
-    def children(self) -> list[AsyncResult[Any]]:
-        found: list[AsyncResult[Any]] = []
+    def children(self) -> list[Any]:
+        """Results of the tasks this one sent (callbacks, next chain step, groups it started)."""
+        found: list[Any] = []
         for child in self._get_meta().children or []:
-            child_id = _child_id(child)
-            if child_id is not None:
-                found.append(AsyncResult(child_id, app=self._app, backend=self._backend))
+            result = result_from_tuple(child, app=self._app)
+            if isinstance(result, AsyncResult):
+                result._backend = self._backend
+            if result is not None:
+                found.append(result)
         return found
+
+    def iterdeps(self, intermediate: bool = False) -> Iterator[tuple[Any, Any]]:
+        """``(parent, result)`` of this result and its descendants, breadth first;
+        ``IncompleteStream`` at a result that is not ready (unless ``intermediate``)."""
+        stack: deque[tuple[Any, Any]] = deque([(None, self)])
+        while stack:
+            parent, node = stack.popleft()
+            yield parent, node
+            if node.ready():
+                stack.extend((node, child) for child in node.children or [])
+            elif not intermediate:
+                raise IncompleteStream(f"result {node.id} is not ready")
+
+    def collect(self, intermediate: bool = False, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+        """``(result, value)`` of this result and every descendant (see ``iterdeps``)."""
+        for _, node in self.iterdeps(intermediate=intermediate):
+            yield node, node.get(**kwargs)
 
     def ready(self) -> bool:
         return self.state in states.READY_STATES
@@ -210,11 +236,26 @@ class AsyncResult(Generic[R]):
         return self.id
 
 
-def _child_id(child: Any) -> str | None:
-    """The task id in a Celery result tuple ``[[id, parent], None]`` (or a plain id)."""
-    while isinstance(child, (list, tuple)) and child:
-        child = child[0]
-    return child if isinstance(child, str) else None
+def result_from_tuple(value: Any, app: Celeriac | None = None) -> Any:
+    """The result a Celery result tuple describes: ``[[id, parent], None]`` is an
+    ``AsyncResult``, ``[[group_id, parent], [members...]]`` a ``GroupResult`` (a plain id is an
+    ``AsyncResult``); None for anything else."""
+    if isinstance(value, str):
+        return AsyncResult(value, app=app)
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    head, nodes = value
+    if isinstance(head, (list, tuple)) and head:
+        result_id, parent_tuple = head[0], head[1] if len(head) > 1 else None
+    else:
+        result_id, parent_tuple = head, None
+    if not isinstance(result_id, str):
+        return None
+    parent = result_from_tuple(parent_tuple, app) if parent_tuple else None
+    if isinstance(nodes, (list, tuple)):
+        members = [result_from_tuple(node, app) for node in nodes]
+        return GroupResult(result_id, [m for m in members if m is not None], app=app, parent=parent)
+    return AsyncResult(result_id, app=app, parent=parent)
 
 
 class EagerResult(AsyncResult[R]):
@@ -313,6 +354,18 @@ class GroupResult(Generic[R]):
     def completed_count(self) -> int:
         return sum(1 for r in self.results if r.successful())
 
+    def waiting(self) -> bool:
+        """True while any member is not ready."""
+        return not self.ready()
+
+    @property
+    def children(self) -> list[AsyncResult[R]]:
+        return self.results
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return ((self.id, parent), [r.as_tuple() for r in self.results])
+
     def get(
         self,
         timeout: float | None = None,
@@ -333,6 +386,7 @@ class GroupResult(Generic[R]):
         return values
 
     join = get
+    join_native = get
 
     def save(self) -> GroupResult[R]:
         backend = self.app.backend
@@ -359,6 +413,14 @@ class GroupResult(Generic[R]):
             result.forget()
         if self.id is not None and self.app.backend is not None:
             self.app.backend.delete_group(self.id)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return other.id == self.id and other.results == self.results
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"

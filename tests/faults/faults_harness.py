@@ -282,7 +282,7 @@ class WorkerProcess:
         pids = kill_tree(self.proc, signal.SIGKILL)
         self.proc.wait(10)
         for pid in pids:  # no survivor may go on running tasks
-            wait_for(lambda p=pid: not psutil.pid_exists(p) or _zombie(p), 10, f"pid {p} gone")
+            wait_for(lambda p=pid: not psutil.pid_exists(p) or _zombie(p), 10, f"pid {pid} gone")
         return pids
 
     def terminate(self) -> None:
@@ -394,7 +394,7 @@ _redis_probe: dict[str, str] = {}
 
 
 def probe_redis(url: str) -> str:
-    """"" when Redis answers at ``url``, else why not (cached per URL)."""
+    """Empty when Redis answers at ``url``, else why not (cached per URL)."""
     if url not in _redis_probe:
         try:
             import redis

@@ -53,11 +53,8 @@ def durations(count: int) -> Callable[[int], float]:
 def assert_all_succeeded(env: FaultEnv, sent: list[str]) -> None:
     backend = env.client.backend
     assert backend is not None
-    failed = {}
-    for task_id in sent:
-        meta = backend.get_task_meta(task_id)
-        if meta.status != states.SUCCESS:
-            failed[task_id] = meta.status
+    metas = backend.get_many(sent)
+    failed = {m.task_id: m.status for m in metas if m.status != states.SUCCESS}
     assert not failed, f"{len(failed)} task(s) not SUCCESS: {dict(list(failed.items())[:5])}"
 
 

@@ -154,7 +154,9 @@ def _build(name: str, path: Path, log: Path) -> None:
                 ) from None
             if done.returncode != 0:
                 tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-                raise EnvError(f"building {path} failed (exit {done.returncode}); log {log}:\n{tail}")
+                raise EnvError(
+                    f"building {path} failed (exit {done.returncode}); log {log}:\n{tail}"
+                )
 
 
 def ensure(name: str) -> CeleryEnv:

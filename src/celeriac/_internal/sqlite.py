@@ -239,4 +239,3 @@ class SQLiteDatabase:
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):  # closing is best effort
                 conn.close()
-

@@ -25,7 +25,7 @@ from celeriac.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
-    from celeriac.canvas import Signature
+    from celeriac.canvas import Signature, chunks, xmap, xstarmap
     from celeriac.result import AsyncResult, EagerResult
 
 P = ParamSpec("P")
@@ -327,6 +327,40 @@ class Task(Generic[P, R]):
         return sig
 
     subtask = signature
+
+    def map(self, it: Any) -> xmap:
+        """One task that returns ``[self(item) for item in it]`` (``celery.map``)."""
+        from celeriac.canvas import xmap
+
+        return xmap(self.s(), it, app=self._app)
+
+    def starmap(self, it: Any) -> xstarmap:
+        """One task that returns ``[self(*args) for args in it]`` (``celery.starmap``)."""
+        from celeriac.canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self._app)
+
+    def chunks(self, it: Any, n: int) -> chunks:
+        """``it`` cut into parts of ``n`` items, one ``starmap`` task per part."""
+        from celeriac.canvas import chunks
+
+        return chunks(self.s(), it, n, app=self._app)
+
+    def replace(self, sig: Signature[Any]) -> Any:
+        """Replace this running task by ``sig``, which takes over its id, its callbacks and
+        errbacks, the rest of its chain and its place in a group or chord. Raises ``Ignore``
+        (the worker stores nothing for this run); in an eager run, returns ``sig``'s value."""
+        from celeriac.canvas import replacement_for
+        from celeriac.exceptions import Ignore
+
+        request = self.request
+        if request.called_directly:
+            raise RuntimeError(f"{self.name}.replace() can only be called from a running task")
+        new = replacement_for(self.app, request, sig)
+        if request.is_eager:
+            return new.apply().get()
+        new.apply_async()
+        raise Ignore("Replaced by new task")
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         from celeriac.result import AsyncResult

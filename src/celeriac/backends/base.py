@@ -5,6 +5,13 @@ A driver implements ``KeyValueStore`` (get/mget/set/delete/incr/wait_for_change/
 store: serialisation with ``result_serializer``, "a SUCCESS is never overwritten", waiting for a
 ready state, group records (``celery-taskset-meta-<id>``), expiry (``result_expires``).
 
+Chords: ``join_add_many``/``join_values``/``join_finish`` are the one atomic primitive the
+chord join needs (add a header task's result once, count, claim the right to fire the body); the
+default implementation is atomic within one process, and every shared driver overrides it
+(Redis: Celery's ``.j/.s/.t/.d/.c`` keys and a Lua script; SQLite: one transaction; memory: its
+lock). ``ResultBackend.set_chord_size``/``chord_join_many``/``chord_entries``/``chord_finish``
+encode Celery's ``[1, task_id, state, result]`` entries on top (spec §5.5).
+
 ``AsyncResultBackend`` is the worker's view (records written in batches per loop turn). A driver
 whose client library is async-native also implements ``AsyncKeyValueStore`` (the same primitives,
 awaited) and registers it in ``celeriac.backends.urls.ASYNC_STORES``: ``AsyncResultBackend``
@@ -16,10 +23,15 @@ synchronous ``ResultBackend`` on one I/O thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
+import json
+import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +40,8 @@ from celeriac.exceptions import DecodeError, TimeoutError
 from celeriac.protocol import serialization
 from celeriac.protocol.result_meta import (
     ResultMeta,
+    exception_from_dict,
+    exception_to_dict,
     group_key,
     meta_from_dict,
     meta_to_dict,
@@ -35,6 +49,65 @@ from celeriac.protocol.result_meta import (
 )
 
 DEFAULT_RESULT_EXPIRES = 86400.0
+
+
+# -- joins (chords) ------------------------------------------------------------------------------
+#: how long a claim on a full join lasts: the claimant fires the body well within it; a claimant
+#: that dies leaves the join to a redelivered header task once it lapses
+JOIN_CLAIM_SECONDS = 30.0
+#: how long a completed join stays marked "done" (late duplicates are ignored), as Celery 5.7
+JOIN_DONE_SECONDS = 300.0
+#: suffixes of a join's keys after ``celery-taskset-meta-<group_id>`` (spec §5.5)
+JOIN_SUFFIXES = (".j", ".t", ".s", ".d", ".c")
+_JOIN_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True, slots=True)
+class JoinAdd:
+    """One member reported to the join ``key`` (a chord header task that finished)."""
+
+    key: str  # the join's base key, e.g. "celery-taskset-meta-<group_id>"
+    member: str  # added once: "<task_id>:<group_index>"
+    score: float  # the order of its value (group_index; inf when unknown)
+    value: bytes  # the entry
+    token: str  # the caller's claim token (the same on a retried call)
+    claim_now: bool = False  # claim before the join is full (a failure ends a chord early)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinState:
+    """The join after one ``JoinAdd``."""
+
+    count: int  # members in the join; -1 when the join was already completed
+    total: int | None  # members expected (size + adjustment); None while no size is stored
+    claimed: bool  # the caller holds the claim: it must complete the join (join_finish)
+
+
+def join_decision(
+    count: int,
+    size: bytes | None,
+    adjust: bytes | None,
+    claim: bytes | None,
+    add: JoinAdd,
+) -> tuple[int | None, bool]:
+    """(total, whether ``add``'s caller may take the claim) for drivers without a script."""
+    if size is None:
+        return None, False
+    total = int(size) + int(adjust or 0)
+    if count < total and not add.claim_now:
+        return total, False
+    return total, claim is None or claim == add.token.encode()
+
+
+def _join_member_record(payload: bytes | None) -> dict[str, list[Any]]:
+    if payload is None:
+        return {}
+    data: dict[str, list[Any]] = json.loads(payload)
+    return data
+
+
+def _join_score(score: float) -> Any:
+    return None if math.isinf(score) else score
 
 
 class KeyValueStore(ABC):
@@ -89,6 +162,54 @@ class KeyValueStore(ABC):
         """Remove expired records; returns how many. Drivers with native expiry return 0."""
         return 0
 
+    # -- joins (chords) --------------------------------------------------------------------------
+    def join_add_many(
+        self, adds: Sequence[JoinAdd], expires: float | None, claim_seconds: float
+    ) -> list[JoinState]:
+        """For each add, in order and atomically: unless the join is done (``<key>.c`` holds
+        ``done``), add ``value`` under ``member`` once; count the members; and when the count
+        reaches the size stored at ``<key>.s`` (+ ``<key>.t``), or with ``claim_now``, take the
+        claim ``<key>.c`` for ``claim_seconds`` (a caller that holds it with the same token
+        keeps it). The join's keys expire ``expires`` seconds after the last add.
+
+        This default keeps the members in one record (``<key>.j``) and is atomic only within
+        this process; drivers shared between processes override it.
+        """
+        with _JOIN_LOCK:
+            return [self._join_add(add, expires, claim_seconds) for add in adds]
+
+    def _join_add(self, add: JoinAdd, expires: float | None, claim_seconds: float) -> JoinState:
+        key = add.key
+        size, adjust, claim, record = self.mget([f"{key}.s", f"{key}.t", f"{key}.c", f"{key}.j"])
+        if claim == b"done":
+            return JoinState(-1, None, False)
+        members = _join_member_record(record)
+        if add.member not in members:
+            value = base64.b64encode(add.value).decode("ascii")
+            members[add.member] = [_join_score(add.score), value]
+            self.set(f"{key}.j", json.dumps(members).encode("ascii"), expires)
+        total, claimable = join_decision(len(members), size, adjust, claim, add)
+        if claimable:
+            self.set(f"{key}.c", add.token.encode(), claim_seconds)
+        return JoinState(len(members), total, claimable)
+
+    def join_values(self, key: str) -> list[bytes]:
+        """The values of the join ``key``, ordered by score."""
+        members = _join_member_record(self.get(f"{key}.j"))
+        ordered = sorted(members.values(), key=lambda item: math.inf if item[0] is None else item[0])
+        return [base64.b64decode(value) for _, value in ordered]
+
+    def join_finish(self, key: str, token: str, done_expires: float) -> bool:
+        """If ``token`` holds the claim (or the join is done already): delete the join's members
+        and size, and mark it done for ``done_expires`` seconds. False when another holds it."""
+        with _JOIN_LOCK:
+            claim = self.get(f"{key}.c")
+            if claim not in (token.encode(), b"done"):
+                return False
+            self.delete([f"{key}.j", f"{key}.t", f"{key}.s", f"{key}.d"])
+            self.set(f"{key}.c", b"done", done_expires)
+            return True
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections/files. Idempotent."""
 
@@ -106,6 +227,8 @@ class AsyncKeyValueStore(ABC):
     """
 
     schemes: tuple[str, ...] = ()
+    #: implements ``join_add_many``/``join_values``/``join_finish`` (chords)
+    supports_joins = False
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
         self.url = url
@@ -147,6 +270,19 @@ class AsyncKeyValueStore(ABC):
 
     async def cleanup(self) -> int:
         return 0
+
+    async def join_add_many(
+        self, adds: Sequence[JoinAdd], expires: float | None, claim_seconds: float
+    ) -> list[JoinState]:
+        """As ``KeyValueStore.join_add_many``; a driver without it leaves joins to the sync
+        store (``AsyncResultBackend`` then runs them on its I/O thread)."""
+        raise NotImplementedError
+
+    async def join_values(self, key: str) -> list[bytes]:
+        raise NotImplementedError
+
+    async def join_finish(self, key: str, token: str, done_expires: float) -> bool:
+        raise NotImplementedError
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
@@ -289,6 +425,59 @@ class ResultBackend:
     def delete_group(self, group_id: str) -> None:
         self.store.delete([self.group_key_for(group_id)])
 
+    # -- chords (spec §5.5) ----------------------------------------------------------------------
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Before a chord's header is sent: how many header results its join waits for (Celery
+        5.7: ``DEL <gid>.c``, ``SET <gid>.s <n>``)."""
+        key = self.group_key_for(group_id)
+        self.store.delete([f"{key}.c"])
+        self.store.set(f"{key}.s", str(int(size)).encode("ascii"), self.expires)
+
+    def chord_add(
+        self,
+        group_id: str,
+        task_id: str,
+        group_index: int | None,
+        state: str,
+        value: Any,
+        token: str,
+        claim_now: bool = False,
+    ) -> JoinAdd:
+        """The ``JoinAdd`` of a header task's outcome: Celery's entry ``[1, task_id, state,
+        result]`` (exceptions as dicts), scored by ``group_index``, deduplicated by
+        ``<task_id>:<group_index>``."""
+        if isinstance(value, BaseException):
+            value = exception_to_dict(value, serializer=self.serializer)
+        _, _, entry = serialization.dumps([1, task_id, state, value], self.serializer)
+        index = "+inf" if group_index is None else str(int(group_index))
+        score = math.inf if group_index is None else float(group_index)
+        key = self.group_key_for(group_id)
+        return JoinAdd(key, f"{task_id}:{index}", score, entry, token, claim_now)
+
+    def chord_join_many(self, adds: Sequence[JoinAdd]) -> list[JoinState]:
+        return self.store.join_add_many(adds, self.expires, JOIN_CLAIM_SECONDS)
+
+    def decode_chord_entries(self, payloads: Sequence[bytes]) -> list[tuple[str, str, Any]]:
+        """``(task_id, state, result)`` of each entry; exceptions rebuilt."""
+        content_type, encoding, _ = serialization.dumps(None, self.serializer)
+        entries: list[tuple[str, str, Any]] = []
+        for payload in payloads:
+            data = serialization.loads(payload, content_type, encoding, accept=self.accept)
+            if not isinstance(data, (list, tuple)) or len(data) != 4:
+                raise DecodeError(f"chord entry is not [1, id, state, result]: {data!r}", "entry")
+            _, task_id, state, result = data
+            if state in states.EXCEPTION_STATES and isinstance(result, dict):
+                result = exception_from_dict(result)
+            entries.append((str(task_id), str(state), result))
+        return entries
+
+    def chord_entries(self, group_id: str) -> list[tuple[str, str, Any]]:
+        """The header results joined so far, in header order."""
+        return self.decode_chord_entries(self.store.join_values(self.group_key_for(group_id)))
+
+    def chord_finish(self, group_id: str, token: str) -> bool:
+        return self.store.join_finish(self.group_key_for(group_id), token, JOIN_DONE_SECONDS)
+
     def cleanup(self) -> int:
         return self.store.cleanup()
 
@@ -351,6 +540,45 @@ class AsyncResultBackend:
         if payload is None:
             return self.sync.pending(task_id)
         return self.sync.decode_meta(task_id, payload)
+
+    # -- chords --------------------------------------------------------------------------------
+    def _joins_native(self) -> bool:
+        return self.store is not None and self.store.supports_joins
+
+    async def _run_sync(self, func: Any, *args: Any) -> Any:
+        if self._pool is None:  # a native store without joins: a thread for the sync calls
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "celeriac-results")
+        return await self._run(func, *args)
+
+    async def set_chord_size(self, group_id: str, size: int) -> None:
+        if self.store is None:
+            await self._run(self.sync.set_chord_size, group_id, size)
+            return
+        key = self.sync.group_key_for(group_id)
+        await self.store.delete([f"{key}.c"])
+        await self.store.set(f"{key}.s", str(int(size)).encode("ascii"), self.sync.expires)
+
+    async def chord_join_many(self, adds: Sequence[JoinAdd]) -> list[JoinState]:
+        if not adds:
+            return []
+        if self.store is not None and self._joins_native():
+            return await self.store.join_add_many(adds, self.sync.expires, JOIN_CLAIM_SECONDS)
+        found: list[JoinState] = await self._run_sync(self.sync.chord_join_many, list(adds))
+        return found
+
+    async def chord_entries(self, group_id: str) -> list[tuple[str, str, Any]]:
+        if self.store is not None and self._joins_native():
+            payloads = await self.store.join_values(self.sync.group_key_for(group_id))
+            return self.sync.decode_chord_entries(payloads)
+        found: list[tuple[str, str, Any]] = await self._run_sync(self.sync.chord_entries, group_id)
+        return found
+
+    async def chord_finish(self, group_id: str, token: str) -> bool:
+        if self.store is not None and self._joins_native():
+            key = self.sync.group_key_for(group_id)
+            return await self.store.join_finish(key, token, JOIN_DONE_SECONDS)
+        done: bool = await self._run_sync(self.sync.chord_finish, group_id, token)
+        return done
 
     async def incr(self, key: str, amount: int = 1) -> int:
         if self.store is None:

@@ -22,6 +22,8 @@ Guarantees
       ``INCR`` + ``EXPIRE``). Incrementing a value that is not an integer raises ``DecodeError``.
     - ``wait_for_change`` sleeps on the condition (no polling): every write wakes it, and it
       wakes by itself when the record it watches expires.
+    - Chord joins (``join_add_many``...) run under the same condition, so they are atomic; a
+      join's members live in ``_Space.joins`` (``<key>.s/.t/.c`` are ordinary records).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from celeriac.backends.base import KeyValueStore
+from celeriac.backends.base import JoinAdd, JoinState, KeyValueStore, join_decision
 from celeriac.exceptions import DecodeError
 
 __all__ = ["MemoryStore", "reset_stores", "store_name"]
@@ -44,6 +46,10 @@ class _Space:
 
     cond: threading.Condition = field(default_factory=threading.Condition)
     data: dict[str, tuple[bytes, float | None]] = field(default_factory=dict)
+    #: chord joins: key -> (member -> (score, value), monotonic expiry or None)
+    joins: dict[str, tuple[dict[str, tuple[float, bytes]], float | None]] = field(
+        default_factory=dict
+    )
 
     def read(self, key: str) -> bytes | None:
         item = self.data.get(key)
@@ -82,7 +88,37 @@ class _Space:
         expired = [k for k, (_, at) in self.data.items() if at is not None and at <= now]
         for key in expired:
             del self.data[key]
+        for key in [k for k, (_, at) in self.joins.items() if at is not None and at <= now]:
+            del self.joins[key]
         return len(expired)
+
+    # -- chord joins (see KeyValueStore.join_add_many) ------------------------------------------
+    def join_members(self, key: str) -> dict[str, tuple[float, bytes]]:
+        item = self.joins.get(key)
+        if item is None:
+            return {}
+        if item[1] is not None and item[1] <= time.monotonic():
+            del self.joins[key]
+            return {}
+        return item[0]
+
+    def join_add(self, add: JoinAdd, expires: float | None, claim_seconds: float) -> JoinState:
+        key = add.key
+        claim = self.read(f"{key}.c")
+        if claim == b"done":
+            return JoinState(-1, None, False)
+        members = self.join_members(key)
+        members.setdefault(add.member, (add.score, add.value))
+        self.joins[key] = (members, _deadline(expires))
+        for suffix in (".s", ".t"):
+            value = self.read(key + suffix)
+            if value is not None:
+                self.write(key + suffix, value, expires)
+        size, adjust = self.read(f"{key}.s"), self.read(f"{key}.t")
+        total, claimable = join_decision(len(members), size, adjust, claim, add)
+        if claimable:
+            self.write(f"{key}.c", add.token.encode(), claim_seconds)
+        return JoinState(len(members), total, claimable)
 
 
 def _positive(expires: float | None) -> bool:
@@ -179,3 +215,29 @@ class MemoryStore(KeyValueStore):
     def cleanup(self) -> int:
         with self._space.cond:
             return self._space.sweep()
+
+    # -- chord joins (added for the canvas; see KeyValueStore.join_add_many) -------------------
+    def join_add_many(
+        self, adds: Sequence[JoinAdd], expires: float | None, claim_seconds: float
+    ) -> list[JoinState]:
+        with self._space.cond:
+            found = [self._space.join_add(add, expires, claim_seconds) for add in adds]
+            self._space.cond.notify_all()
+            return found
+
+    def join_values(self, key: str) -> list[bytes]:
+        with self._space.cond:
+            members = self._space.join_members(key)
+            return [value for _, value in sorted(members.values(), key=lambda item: item[0])]
+
+    def join_finish(self, key: str, token: str, done_expires: float) -> bool:
+        with self._space.cond:
+            space = self._space
+            if space.read(f"{key}.c") not in (token.encode(), b"done"):
+                return False
+            space.joins.pop(key, None)
+            for suffix in (".t", ".s", ".d"):
+                space.data.pop(key + suffix, None)
+            space.write(f"{key}.c", b"done", done_expires)
+            space.cond.notify_all()
+            return True

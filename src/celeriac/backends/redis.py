@@ -28,6 +28,15 @@ Keys and writes (spec §5.1)
     Expiry is Redis's own (``cleanup`` has nothing to do). ``delete`` is a plain DEL (no
     PUBLISH: Celery clients would fail to decode an empty message).
 
+Chord joins (spec §5.5, Celery 5.7's keys)
+    ``<key>.j`` ZSET of entries scored by ``group_index``, ``.d`` SET of ``<task_id>:<index>``
+    already counted, ``.s`` size (set by the client), ``.t`` adjustment, ``.c`` claim token then
+    ``done``. ``join_add_many`` runs ``JOIN_ADD`` (one EVALSHA per add, pipelined): stop if
+    done; add once; count; refresh the TTLs; claim with ``SET NX EX`` when the count reaches
+    ``.s + .t`` (or at once for a failure: ``claim_now``). ``JOIN_FINISH`` deletes
+    ``.j .t .s .d`` and sets ``.c = done`` for the claim's holder. Celery 5.7 and 5.3 workers
+    count the same members, so a mixed fleet agrees on when a chord is complete.
+
 Waiting
     ``wait_for_change`` SUBSCRIBEs to the key's channel, then GETs the key (a write between the
     caller's read and the subscription is not missed), then wakes on each message. Deletes and
@@ -61,7 +70,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 
-from celeriac.backends.base import AsyncKeyValueStore, KeyValueStore
+from celeriac.backends.base import AsyncKeyValueStore, JoinAdd, JoinState, KeyValueStore
 from celeriac.exceptions import ImproperlyConfigured, OperationalError
 
 logger = logging.getLogger(__name__)
@@ -103,6 +112,37 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+#: a chord join (see the module docstring). KEYS: .j .t .s .d <key> .c. ARGV: member, entry,
+#: score, expiry in s ("" = none), claim seconds, token, claim now ("1"/"0").
+#: Returns {count (-1: done), total (-1: no size yet), claimed (1/0)}.
+JOIN_ADD = r"""
+local claim = redis.call('GET', KEYS[6])
+if claim == 'done' then return {-1, -1, 0} end
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('SADD', KEYS[4], ARGV[1])
+end
+local count = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
+if ARGV[4] ~= '' then
+  for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+end
+local size = redis.call('GET', KEYS[3])
+if not size then return {count, -1, 0} end
+local total = tonumber(size) + tonumber(redis.call('GET', KEYS[2]) or '0')
+if count >= total or ARGV[7] == '1' then
+  if claim == ARGV[6] then return {count, total, 1} end
+  if redis.call('SET', KEYS[6], ARGV[6], 'NX', 'EX', ARGV[5]) then return {count, total, 1} end
+end
+return {count, total, 0}
+"""
+#: KEYS: .c .j .t .s .d. ARGV: token, seconds "done" is kept. 1 when finished by the holder.
+JOIN_FINISH = r"""
+local claim = redis.call('GET', KEYS[1])
+if claim ~= ARGV[1] and claim ~= 'done' then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SET', KEYS[1], 'done', 'EX', ARGV[2])
+return 1
+"""
 #: lost connections (retried); authentication errors are ConnectionErrors no retry can fix
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 _FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
@@ -126,6 +166,26 @@ def _set_publish_args(
         keys.append(prefix + key)
         args += (_expiry_ms(expires) or "", value)
     return keys, args
+
+
+def _join_add_args(prefix: str, add: JoinAdd, expires: float | None, claim: float) -> Any:
+    """KEYS and ARGV of ``JOIN_ADD``."""
+    key = prefix + add.key
+    keys = [f"{key}.j", f"{key}.t", f"{key}.s", f"{key}.d", key, f"{key}.c"]
+    score = "+inf" if add.score == float("inf") else repr(float(add.score))
+    ttl = "" if expires is None or expires <= 0 else str(max(1, round(expires)))
+    args = [add.member, add.value, score, ttl, str(max(1, round(claim))), add.token]
+    return keys, [*args, "1" if add.claim_now else "0"]
+
+
+def _join_state(reply: Any) -> JoinState:
+    count, total, claimed = (int(x) for x in reply)
+    return JoinState(count, None if total < 0 else total, bool(claimed))
+
+
+def _join_finish_keys(prefix: str, key: str) -> list[str]:
+    full = prefix + key
+    return [f"{full}.c", f"{full}.j", f"{full}.t", f"{full}.s", f"{full}.d"]
 
 
 def _policy(options: dict[str, Any]) -> dict[str, Any]:
@@ -269,6 +329,8 @@ class RedisStore(KeyValueStore):
         self._client = make_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)
+        self._join_add = self._client.register_script(JOIN_ADD)
+        self._join_finish = self._client.register_script(JOIN_FINISH)
 
     def _run(self, what: str, func: Callable[..., T], *args: Any) -> T:
         while True:
@@ -350,6 +412,28 @@ class RedisStore(KeyValueStore):
             with contextlib.suppress(redis.RedisError):
                 pubsub.close()
 
+    # -- chord joins (added for the canvas; see the module docstring) --------------------------
+    def join_add_many(
+        self, adds: Sequence[JoinAdd], expires: float | None, claim_seconds: float
+    ) -> list[JoinState]:
+        def run() -> list[JoinState]:
+            pipe = self._client.pipeline(transaction=False)
+            for add in adds:
+                keys, args = _join_add_args(self.prefix, add, expires, claim_seconds)
+                self._join_add(keys=keys, args=args, client=pipe)
+            return [_join_state(reply) for reply in pipe.execute()]
+
+        return self._run("join", run) if adds else []
+
+    def join_values(self, key: str) -> list[bytes]:
+        values: list[Any] = self._run("join", self._client.zrange, self._key(f"{key}.j"), 0, -1)
+        return [v.encode() if isinstance(v, str) else v for v in values]
+
+    def join_finish(self, key: str, token: str, done_expires: float) -> bool:
+        keys = _join_finish_keys(self.prefix, key)
+        args = [token, str(max(1, round(done_expires)))]
+        return bool(self._run("join", lambda: self._join_finish(keys=keys, args=args)))
+
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):
             self._client.close()
@@ -361,6 +445,7 @@ class AsyncRedisStore(AsyncKeyValueStore):
     ``RedisStore``, for the worker's event loop (see the module docstring)."""
 
     schemes = RedisStore.schemes
+    supports_joins = True
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options=options)
@@ -368,6 +453,8 @@ class AsyncRedisStore(AsyncKeyValueStore):
         self._client = make_async_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)
+        self._join_add = self._client.register_script(JOIN_ADD)
+        self._join_finish = self._client.register_script(JOIN_FINISH)
 
     async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         while True:
@@ -451,6 +538,33 @@ class AsyncRedisStore(AsyncKeyValueStore):
         finally:
             with contextlib.suppress(redis.RedisError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- chord joins (added for the canvas; see the module docstring) --------------------------
+    async def join_add_many(
+        self, adds: Sequence[JoinAdd], expires: float | None, claim_seconds: float
+    ) -> list[JoinState]:
+        async def run() -> list[JoinState]:
+            pipe = self._client.pipeline(transaction=False)
+            for add in adds:
+                keys, args = _join_add_args(self.prefix, add, expires, claim_seconds)
+                await self._join_add(keys=keys, args=args, client=pipe)
+            return [_join_state(reply) for reply in await pipe.execute()]
+
+        return await self._run("join", run) if adds else []
+
+    async def join_values(self, key: str) -> list[bytes]:
+        full = self._key(f"{key}.j")
+        values: list[Any] = await self._run("join", self._client.zrange, full, 0, -1)
+        return [v.encode() if isinstance(v, str) else v for v in values]
+
+    async def join_finish(self, key: str, token: str, done_expires: float) -> bool:
+        keys = _join_finish_keys(self.prefix, key)
+        args = [token, str(max(1, round(done_expires)))]
+
+        async def run() -> Any:
+            return await self._join_finish(keys=keys, args=args)
+
+        return bool(await self._run("join", run))
 
     async def close(self) -> None:
         with contextlib.suppress(redis.RedisError):

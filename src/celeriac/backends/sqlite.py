@@ -25,6 +25,12 @@ Guarantees
     processes; the counter is stored as ASCII digits, as Redis does. ``wait_for_change`` does
     not spin: a ``set`` in the same process wakes it at once, other processes' writes are seen
     within the polling pause.
+
+Chord joins (``join_add_many``, one transaction for a batch of adds)
+    Rows of the same table: each member at ``<key>.j:<score, 19 digits or ~>:<member>`` (so a
+    range scan in key order is score order), the member count at ``<key>.n``, and Celery's
+    ``<key>.s`` (size), ``.t`` (adjustment) and ``.c`` (claim / ``done``). A member row expires
+    ``result_expires`` after it was added; expired rows go with the others.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Any
 
 from celeriac._internal.sqlite import SQLiteDatabase, backoff, flag, sqlite_path
 from celeriac._internal.wake import result_channel, wake_hub
-from celeriac.backends.base import KeyValueStore
+from celeriac.backends.base import JoinAdd, JoinState, KeyValueStore, join_decision
 from celeriac.exceptions import OperationalError
 
 SCHEMA = (
@@ -63,6 +69,43 @@ _CLEANUP_BATCH = 5000
 
 def _expiry(expires: float | None, now: float) -> float | None:
     return None if expires is None else now + float(expires)
+
+
+def _member_key(add: JoinAdd) -> str:
+    score = "~" if add.score == float("inf") else f"{max(0, int(add.score)):019d}"
+    return f"{add.key}.j:{score}:{add.member}"
+
+
+def _live(conn: sqlite3.Connection, key: str, now: float) -> bytes | None:
+    sql = f"SELECT value FROM celeriac_results WHERE key = ? AND {_LIVE}"
+    row = conn.execute(sql, (key, now)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _join_add(
+    conn: sqlite3.Connection, add: JoinAdd, expires: float | None, claim_seconds: float
+) -> JoinState:
+    """One ``JoinAdd`` inside the caller's write transaction."""
+    now = time.time()
+    key = add.key
+    claim = _live(conn, f"{key}.c", now)
+    if claim == b"done":
+        return JoinState(-1, None, False)
+    expires_at = _expiry(expires, now)
+    count = int(_live(conn, f"{key}.n", now) or 0)
+    if _live(conn, _member_key(add), now) is None:
+        conn.execute(_UPSERT, (_member_key(add), add.value, expires_at))
+        count += 1
+    conn.execute(_UPSERT, (f"{key}.n", str(count).encode("ascii"), expires_at))
+    conn.execute(
+        "UPDATE celeriac_results SET expires_at = ? WHERE key IN (?, ?)",
+        (expires_at, f"{key}.s", f"{key}.t"),
+    )
+    size, adjust = _live(conn, f"{key}.s", now), _live(conn, f"{key}.t", now)
+    total, claimable = join_decision(count, size, adjust, claim, add)
+    if claimable:
+        conn.execute(_UPSERT, (f"{key}.c", add.token.encode(), now + claim_seconds))
+    return JoinState(count, total, claimable)
 
 
 class SQLiteStore(KeyValueStore):
@@ -154,11 +197,10 @@ class SQLiteStore(KeyValueStore):
         return value
 
     def wait_for_change(self, key: str, previous: bytes | None, timeout: float) -> bytes | None:
-        deadline = time.monotonic() + max(0.0, timeout)
-        value = self.get(key)
-        if value != previous or timeout <= 0:
-            return value
-        # listen first, then look again: a write after that look wakes the listener
+        if timeout <= 0:
+            return self.get(key)
+        deadline = time.monotonic() + timeout
+        # listen first, then look: a write after the look wakes the listener
         with self._hub.listen(result_channel(key), remote=self.wake_ups) as listener:
             delay = self.poll_min
             while True:
@@ -192,6 +234,48 @@ class SQLiteStore(KeyValueStore):
 
     def cleanup(self) -> int:
         return self._delete_expired(None)
+
+    # -- chord joins (added for the canvas; see KeyValueStore.join_add_many) -------------------
+    def join_add_many(
+        self, adds: Sequence[JoinAdd], expires: float | None, claim_seconds: float
+    ) -> list[JoinState]:
+        if not adds:
+            return []
+        found = self._db.write(
+            lambda conn: [_join_add(conn, a, expires, claim_seconds) for a in adds]
+        )
+        self._notify(k for a in adds for k in (_member_key(a), f"{a.key}.n", f"{a.key}.c"))
+        self._written(len(adds))
+        return found
+
+    def join_values(self, key: str) -> list[bytes]:
+        sql = (
+            f"SELECT value FROM celeriac_results WHERE key > ? AND key < ? AND {_LIVE} "
+            "ORDER BY key"
+        )
+
+        def read(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute(sql, (f"{key}.j:", f"{key}.j;", time.time()))
+            return [bytes(value) for (value,) in rows]
+
+        return self._db.read(read)
+
+    def join_finish(self, key: str, token: str, done_expires: float) -> bool:
+        def finish(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            if _live(conn, f"{key}.c", now) not in (token.encode(), b"done"):
+                return False
+            conn.execute(
+                "DELETE FROM celeriac_results WHERE key > ? AND key < ?", (f"{key}.j:", f"{key}.j;")
+            )
+            doomed = [(f"{key}{suffix}",) for suffix in (".n", ".s", ".t", ".d")]
+            conn.executemany("DELETE FROM celeriac_results WHERE key = ?", doomed)
+            conn.execute(_UPSERT, (f"{key}.c", b"done", now + done_expires))
+            return True
+
+        done = self._db.write(finish)
+        self._notify(f"{key}{suffix}" for suffix in (".c", ".n", ".s", ".t", ".d"))
+        return done
 
     def close(self) -> None:
         self._db.close()

@@ -1,6 +1,6 @@
 """The ``celeriac`` command: ``celeriac [-A APP] [--workdir DIR] [--config MODULE] COMMAND ...``.
 
-Commands: ``worker``, ``call``, ``result``, ``purge``, ``demo``. ``-A`` also comes from the
+Commands: ``worker``, ``call``, ``result``, ``purge``, ``dlq``, ``demo``. ``-A`` also comes from the
 environment variable ``CELERIAC_APP`` and ``--config`` from ``CELERIAC_CONFIG_MODULE``.
 
 Errors a user can fix (a bad option, an app that cannot be found, an unknown setting, a broker
@@ -20,6 +20,7 @@ import click
 from celeriac import __version__
 from celeriac.cli.base import AppNotFound, State
 from celeriac.cli.demo import demo
+from celeriac.cli.dlq import dlq
 from celeriac.cli.purge import purge
 from celeriac.cli.tasks import call, result
 from celeriac.cli.worker import worker
@@ -118,3 +119,4 @@ main.add_command(call)
 main.add_command(result)
 main.add_command(purge)
 main.add_command(demo)
+main.add_command(dlq)

@@ -1,10 +1,12 @@
 """``celeriac worker``: print the banner and run a worker until SIGTERM/SIGINT.
 
-The options are Celery's. ``-c``, ``-P``, ``--prefetch-multiplier``, ``--time-limit`` and
-``--soft-time-limit`` override the settings ``worker_concurrency``, ``worker_pool``,
-``worker_prefetch_multiplier``, ``task_time_limit`` and ``task_soft_time_limit``. The log goes to
-stderr in ``worker_log_format`` (unless ``worker_hijack_root_logger`` is False); the banner to
-stdout.
+The options are Celery's. ``-c``, ``-P``, ``--prefetch-multiplier``, ``--time-limit``,
+``--soft-time-limit``, ``--max-tasks-per-child`` and ``--max-memory-per-child`` override the
+settings ``worker_concurrency``, ``worker_pool``, ``worker_prefetch_multiplier``,
+``task_time_limit``, ``task_soft_time_limit``, ``worker_max_tasks_per_child`` and
+``worker_max_memory_per_child``; ``--autoscale=MAX,MIN`` sizes the prefork pool with the load.
+The log goes to stderr in ``worker_log_format`` (unless ``worker_hijack_root_logger`` is False);
+the banner to stdout.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ POOLS = ("solo", "threads", "asyncio", "prefork")
     help="Messages reserved per pool slot (default: 4; 0: no limit).",
 )
 @click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    help="Replace a pool process after this many tasks (prefork).",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=1),
+    metavar="KIB",
+    help="Replace a pool process whose resident memory exceeds this many KiB (prefork).",
+)
+@click.option("--autoscale", metavar="MAX,MIN", help="Grow and shrink the prefork pool.")
+@click.option(
     "-E", "--task-events", is_flag=True, help="Accepted for Celery compatibility; no effect yet."
 )
 @pass_state
@@ -59,6 +73,9 @@ def worker(
     time_limit: float | None,
     soft_time_limit: float | None,
     prefetch_multiplier: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    autoscale: str | None,
     task_events: bool,
 ) -> int:
     """Run a worker: consume the app's queues and run its tasks until stopped.
@@ -79,6 +96,9 @@ def worker(
         pool=pool,
         queues=split_queues(queues) or None,
         prefetch_multiplier=prefetch_multiplier,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        autoscale=autoscale,
     )
     if app.conf.worker_hijack_root_logger:
         conf = app.conf

@@ -131,6 +131,12 @@ def _raise_errors(results: list[Any]) -> list[Any]:
     return results
 
 
+def _log_dead(bad: Sequence[tuple[Delivery, str]]) -> None:
+    """One ERROR line per entry the take script returned and the driver could not parse."""
+    for delivery, why in bad:
+        logger.error("Dead-lettered message from queue %r: %s", delivery.queue, why)
+
+
 def _missing_scripts(results: list[Any]) -> list[int]:
     return [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
 
@@ -256,6 +262,7 @@ class RedisTransport(Transport):
         call, lease = self._core.take_call(queues, limit)
         good, bad, next_due = self._core.parse_take(queues, self._eval(call), lease)
         self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
+        _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken.is_set():
             return good
@@ -522,6 +529,7 @@ class AsyncRedisTransport(AsyncTransport):
         call, lease = self._core.take_call(queues, limit)
         good, bad, next_due = self._core.parse_take(queues, await self._eval(call), lease)
         await self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
+        _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken:
             return good

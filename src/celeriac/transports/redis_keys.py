@@ -402,6 +402,14 @@ class Core:
         for i in range(1, len(reply), 5):
             qi, si, raw, count, tag = reply[i : i + 5]
             queue, step = queues[int(qi) - 1], int(si) - 1
+            if not tag:  # no envelope at all: the script dead-lettered it as ``raw`` (its id)
+                logger.error(
+                    "Dead-lettered message from queue %r: not a kombu envelope (no JSON or no "
+                    "properties.delivery_tag); dead letter %s",
+                    queue,
+                    text(raw),
+                )
+                continue
             handle = Held(
                 self.keys.list_key(queue, step), self.keys.held_key(queue), step, raw, lease
             )

@@ -15,7 +15,9 @@ import hashlib
 #: KEYS: unacked, unacked_index, deliveries, dead_letters, dead_index, then per queue:
 #:       delayed, held, list for each priority step.
 #: ARGV: limit, now, nqueues, nsteps, delayed batch, lease id, queue names...
-#: Returns {next delayed due time or "-1", then qi, si, envelope, count, tag per message}.
+#: Returns {next delayed due time or "-1", then qi, si, envelope, count, tag per message}; an
+#: entry that is no kombu envelope is dead-lettered here and reported as qi, si, dead-letter id,
+#: 0, "" (so the driver can log it).
 TAKE = r"""
 local unacked, index, deliveries, dead, dead_index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local limit, now = tonumber(ARGV[1]), ARGV[2]
@@ -81,6 +83,8 @@ for s = 1, ns do
             reason = 'not a kombu envelope (no JSON or no properties.delivery_tag)',
             failed_at = tonumber(now), delivery_count = 1, envelope = raw}))
           redis.call('ZADD', dead_index, now, id)
+          table.insert(out, q); table.insert(out, s); table.insert(out, id)
+          table.insert(out, 0); table.insert(out, '')
         end
       end
     end

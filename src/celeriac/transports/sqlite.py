@@ -49,6 +49,7 @@ Guarantees
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -72,6 +73,8 @@ from celeriac._internal.wake import MESSAGES, Listener, wake_hub
 from celeriac.exceptions import EncodeError
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.base import DEFAULT_LEASE_SECONDS, DeadLetter, Delivery, Transport
+
+logger = logging.getLogger("celeriac.transports.sqlite")
 
 #: message states
 READY, DELAYED, HELD = 0, 1, 2
@@ -123,18 +126,18 @@ _PROMOTE = (
     "UPDATE celeriac_messages SET state = 0, redelivered = (redelivered OR state = 2), "
     "lease_token = NULL, lease_owner = NULL WHERE state <> 0 AND visible_at <= ?"
 )
-_READY_IDS = (
-    "SELECT id FROM celeriac_messages INDEXED BY celeriac_messages_ready "
+_CLAIMED = f"id, queue, priority, delivery_count, redelivered, {_RAW_COLUMNS}"
+#: the next ready rows of a queue; the claim then leases them by id, in the same transaction
+_READY = (
+    f"SELECT {_CLAIMED} FROM celeriac_messages INDEXED BY celeriac_messages_ready "
     "WHERE state = 0 AND queue = ? ORDER BY priority, id LIMIT ?"
 )
 _TAKE = (
     "UPDATE celeriac_messages SET state = 2, visible_at = ?, lease_token = ?, lease_owner = ?, "
     "delivery_count = delivery_count + 1 WHERE id IN "
 )
-_CLAIMED = f"id, queue, priority, delivery_count, redelivered, {_RAW_COLUMNS}"
-#: one statement on SQLite >= 3.35; older versions select, update and read back (same lock)
-_CLAIM = f"{_TAKE}({_READY_IDS}) RETURNING {_CLAIMED}"
-_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+#: ids leased per UPDATE (keeps below SQLite's oldest limit of 999 parameters)
+_TAKE_CHUNK = 500
 _PROBE = (
     "SELECT (SELECT 1 FROM celeriac_messages INDEXED BY celeriac_messages_ready "
     "WHERE state = 0 AND queue IN (SELECT value FROM json_each(?)) LIMIT 1), "
@@ -257,8 +260,8 @@ class SQLiteTransport(Transport):
         self.wake_ups = flag(opts.get("wake", True))
         self._hub = wake_hub(self.path)
         self._woken = threading.Event()
-        #: claim with UPDATE ... RETURNING (SQLite >= 3.35) or select-update-read in one lock
-        self.returning = _HAS_RETURNING
+        #: whether the last fetch filled its limit (then the next one claims before listening)
+        self._busy = True
 
     # -- producer side -------------------------------------------------------------------------
     def publish(self, queue: str, message: RawMessage, *, eta: float | None = None) -> None:
@@ -294,12 +297,17 @@ class SQLiteTransport(Transport):
         if limit <= 0 or not names:
             return []
         deadline = time.monotonic() + max(0.0, timeout)
-        # the first look claims at once: one transaction, no probe, no socket
-        deliveries, _ = self._claim_ready(names, limit)
-        if deliveries or self._done(deadline):
-            return deliveries
+        if self._busy or timeout <= 0:
+            # the last fetch filled its limit, so more is likely ready: claim at once (one
+            # transaction, no probe, no socket)
+            deliveries, _ = self._claim_ready(names, limit)
+            if deliveries or self._done(deadline):
+                self._busy = len(deliveries) >= limit
+                return deliveries
         with self._hub.listen(MESSAGES, remote=self.wake_ups) as listener:
-            return self._wait(names, limit, deadline, listener)
+            deliveries = self._wait(names, limit, deadline, listener)
+        self._busy = len(deliveries) >= limit
+        return deliveries
 
     def _claim_ready(self, names: list[str], limit: int) -> tuple[list[Delivery], float | None]:
         """Claim; again at once while the claimed rows were all corrupt (now dead letters)."""
@@ -320,8 +328,10 @@ class SQLiteTransport(Transport):
     ) -> list[Delivery]:
         """Listening: look (without locking), claim when something is due, else wait."""
         delay = self.poll_min
+        woken = False
         while True:
-            due = self._probe(names)
+            # a wake means a commit: claim at once; otherwise look without locking first
+            due = 0.0 if woken else self._probe(names)
             if due is not None and due <= time.time():
                 deliveries, due = self._claim_ready(names, limit)
                 if deliveries:
@@ -331,10 +341,8 @@ class SQLiteTransport(Transport):
             pause = min(delay, deadline - time.monotonic())
             if due is not None:
                 pause = min(pause, max(due - time.time(), 0.001))
-            if listener.wait(pause):
-                delay = self.poll_min
-            else:
-                delay = backoff(delay, self.poll_min, self.poll_max)
+            woken = listener.wait(pause)
+            delay = self.poll_min if woken else backoff(delay, self.poll_min, self.poll_max)
 
     def _probe(self, names: list[str]) -> float | None:
         """Without locking: 0 if a message is ready in ``names``, else the next due time."""
@@ -359,7 +367,7 @@ class SQLiteTransport(Transport):
             if wanted <= 0:
                 break
             lease = (now + self.lease_seconds, token, owner)
-            rows = sorted(self._take(conn, lease, queue, wanted), key=lambda r: (r[2], r[0]))
+            rows = self._take(conn, lease, queue, wanted)
             claimed += len(rows)
             deliveries.extend(self._deliveries(conn, rows, token, now))
         if deliveries or claimed:
@@ -367,18 +375,17 @@ class SQLiteTransport(Transport):
         next_due = conn.execute(_NEXT_DUE).fetchone()[0]
         return deliveries, None if next_due is None else float(next_due)
 
+    @staticmethod
     def _take(
-        self, conn: sqlite3.Connection, lease: tuple[Any, ...], queue: str, limit: int
+        conn: sqlite3.Connection, lease: tuple[Any, ...], queue: str, limit: int
     ) -> list[Any]:
-        """Lease up to ``limit`` ready rows of ``queue``; returns them (``_CLAIMED`` columns)."""
-        if self.returning:
-            return conn.execute(_CLAIM, (*lease, queue, limit)).fetchall()
-        ids = json.dumps([row[0] for row in conn.execute(_READY_IDS, (queue, limit))])
-        conn.execute(f"{_TAKE}(SELECT value FROM json_each(?))", (*lease, ids))
-        sql = (
-            f"SELECT {_CLAIMED} FROM celeriac_messages WHERE id IN (SELECT value FROM json_each(?))"
-        )
-        return conn.execute(sql, (ids,)).fetchall()
+        """Lease up to ``limit`` ready rows of ``queue``, in order; returns them as they were
+        (``_CLAIMED`` columns, ``delivery_count`` before this delivery)."""
+        rows = conn.execute(_READY, (queue, limit)).fetchall()
+        for start in range(0, len(rows), _TAKE_CHUNK):
+            ids = [row[0] for row in rows[start : start + _TAKE_CHUNK]]
+            conn.execute(f"{_TAKE}({', '.join('?' * len(ids))})", (*lease, *ids))
+        return rows
 
     def _deliveries(
         self, conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], token: int, now: float
@@ -386,18 +393,20 @@ class SQLiteTransport(Transport):
         """Decode claimed rows; a corrupt one goes to the dead-letter table instead."""
         found: list[Delivery] = []
         for row in rows:
-            row_id, queue, _, count, redelivered = row[:5]
+            row_id, queue, _, previous, redelivered = row[:5]
             try:
                 message = decode_row(row[5:])
             except ValueError as exc:
-                self._bury(conn, row_id, one_line(f"corrupt message row: {exc}"), now)
+                reason = one_line(f"corrupt message row: {exc}")
+                self._bury(conn, row_id, reason, now)
+                logger.error("Dead-lettered message from queue %r: %s", queue, reason)
                 continue
             found.append(
                 Delivery(
                     tag=f"{row_id}.{token:x}",
                     queue=queue,
                     message=message,
-                    delivery_count=count,
+                    delivery_count=previous + 1,
                     redelivered=bool(redelivered),
                     handle=(row_id, token),
                 )

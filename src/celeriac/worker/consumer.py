@@ -40,7 +40,8 @@ from celeriac.app.trace import Failed, format_exc
 from celeriac.exceptions import EncodeError
 from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
 from celeriac.worker.execution import log_extra
-from celeriac.worker.pools.base import Job
+from celeriac.worker.pools.base import Job, lost_for_redelivery
+from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.request import Invalid, Request
 
 if TYPE_CHECKING:
@@ -266,6 +267,8 @@ class Consumer:
         queues: Sequence[str],
         prefetch: int,
         fetch_timeout: float = 1.0,
+        rate_limits: bool = True,
+        default_rate_limit: str | None = None,
     ) -> None:
         self.transport = transport
         self.reader = reader
@@ -284,6 +287,10 @@ class Consumer:
         self._executing = 0
         self._room = asyncio.Event()
         self._stop = asyncio.Event()
+        #: rate limits (worker/ratelimit.py): requests waiting for a token, outside pool slots
+        self.limiter: RateLimiter | None = None
+        if rate_limits:
+            self.limiter = RateLimiter(self._readmit, default_rate=default_rate_limit)
 
     @property
     def stopping(self) -> bool:
@@ -301,7 +308,10 @@ class Consumer:
     def busy(self) -> int:
         state = self.state
         early_acked = sum(1 for r in state.active.values() if r.tag not in state.held)
-        return len(state.held) + early_acked
+        # requests waiting for a rate-limit token take no pool slot: up to `prefetch` of them
+        # do not count, so other tasks keep flowing (the worker holds at most 2 x prefetch)
+        waiting = min(len(self.limiter), self.prefetch) if self.limiter is not None else 0
+        return len(state.held) + early_acked - waiting
 
     def room(self) -> int:
         if self.prefetch <= 0:
@@ -370,6 +380,12 @@ class Consumer:
         self.state.reserved[request.tag] = request
         self._start_reserved()
 
+    def _readmit(self, request: Request) -> None:
+        """A rate-limited request's token is due: it runs next."""
+        self._reserved.appendleft(request)
+        self._room.set()
+        self._start_reserved()
+
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -383,6 +399,8 @@ class Consumer:
     def _start_reserved(self) -> None:
         while self._reserved and self._executing < self.concurrency and not self.stopping:
             request = self._reserved.popleft()
+            if self.limiter is not None and self.limiter.hold(request):
+                continue  # over its rate limit: handed back by _readmit when a token is due
             self.state.reserved.pop(request.tag, None)
             if request.expired(utcnow()):
                 self.execution.expired(request)
@@ -415,7 +433,11 @@ class Consumer:
                 self.state.notify()
                 self._room.set()
                 self._start_reserved()
-            if not request.abandoned:
+            if request.abandoned:
+                pass
+            elif lost_for_redelivery(outcome) and not request.acked:
+                self._lapse(request)
+            else:
                 await self._handle(request, outcome)
         finally:
             self._tasks.pop(request.tag, None)
@@ -433,6 +455,24 @@ class Consumer:
                 request.acked = True
                 self.batch.dead_letter(request.delivery, "internal worker error (see its log)")
 
+    def _lapse(self, request: Request) -> None:
+        """The pool process running the task died: stop renewing the message's lease, so that
+        the broker hands it out again when the lease runs out, its delivery counter increased
+        (a message that keeps killing processes ends in the dead-letter queue)."""
+        request.acked = True
+        self.state.held.pop(request.tag, None)
+        self.state.bump("rejected")
+        self.state.notify()
+        self._room.set()
+        logger.warning(
+            "Task %s[%s]: the process running it died; it will be delivered again when its "
+            "lease runs out (within %.0fs)",
+            request.name,
+            request.id,
+            self.transport.lease_seconds,
+            extra=log_extra(request.id, request.name),
+        )
+
     # -- stopping ------------------------------------------------------------------------------
     async def stop_fetching(self) -> None:
         """Stop fetching; prefetched requests that have not started go back to the broker."""
@@ -448,6 +488,8 @@ class Consumer:
                 fetcher.cancel()
                 break
         reserved = list(self._reserved)
+        if self.limiter is not None:
+            reserved += self.limiter.release_all()
         self._reserved.clear()
         self.state.reserved.clear()
         for request in reserved:

@@ -11,7 +11,10 @@ Shutdown
       their results and acks are written; then the components close in reverse order.
     - *cold* (a second signal, SIGQUIT, or ``stop(cold=True)``): as warm, but the messages of
       running tasks are requeued too and their outcomes discarded; threads still running a
-      task are left behind (daemon threads) and the process may exit.
+      task are left behind (daemon threads) and the process may exit; prefork children are
+      killed.
+    - *soft* (``worker_soft_shutdown_timeout`` > 0, Celery 5.5): a cold shutdown first gives
+      the running tasks that many seconds to finish (a further signal ends the wait).
     Signals ``worker_shutting_down`` (sig, how, exitcode) then ``worker_shutdown`` fire.
     ``run()`` returns 0 after a warm shutdown, 1 after a cold one or an internal error.
 
@@ -39,6 +42,7 @@ from celeriac._internal.urls import redact_url
 from celeriac.app.routing import known_queues
 from celeriac.backends.base import AsyncResultBackend
 from celeriac.exceptions import ImproperlyConfigured
+from celeriac.worker.autoscale import parse_autoscale
 from celeriac.worker.consumer import Consumer, IOBatch
 from celeriac.worker.execution import Execution
 from celeriac.worker.heartbeat import Heartbeat, heartbeat_interval
@@ -78,6 +82,9 @@ class Worker:
         prefetch_multiplier: int | None = None,
         heartbeat_interval: float | None = None,
         fetch_timeout: float = 1.0,
+        autoscale: str | Sequence[int] | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -87,8 +94,16 @@ class Worker:
             raise ImproperlyConfigured(
                 f"Unknown pool {self.pool_name!r}; accepted: {', '.join(sorted(POOLS))}"
             )
+        #: prefork only: (max, min) processes; recycling limits (per child process)
+        self.autoscale = parse_autoscale(autoscale)
+        if self.autoscale is not None and self.pool_name != "prefork":
+            raise ImproperlyConfigured("autoscale needs the prefork pool (-P prefork)")
+        self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         if self.pool_name == "solo":
             self.concurrency = 1
+        elif self.autoscale is not None:
+            self.concurrency = self.autoscale[0]
         else:
             self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
         if self.concurrency < 1:
@@ -122,6 +137,7 @@ class Worker:
         self._pending_stop: bool | None = None  # a stop() that came before the loop started
         self._stop_event: asyncio.Event | None = None
         self._cold_event: asyncio.Event | None = None
+        self._hurry_event: asyncio.Event | None = None  # a signal during a soft shutdown
         #: None while serving; "Warm" or "Cold" once a shutdown started
         self.shutdown: str | None = None
 
@@ -133,6 +149,7 @@ class Worker:
         backend_url = app.backend_url
         results = redact_url(backend_url) if backend_url else "disabled://"
         prefetch = self.prefetch or "unlimited"
+        scaling = f", autoscale {self.autoscale[1]}..{self.autoscale[0]}" if self.autoscale else ""
         now = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         lines = [
             f" -------------- {self.hostname} v{__version__}",
@@ -143,7 +160,7 @@ class Worker:
             f"- ** ---------- .> app:         {app.main or '__main__'}:{id(app):#x}",
             f"- ** ---------- .> transport:   {transport}",
             f"- ** ---------- .> results:     {results}",
-            f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_name})",
+            f"- *** --- * --- .> concurrency: {self.concurrency} ({self.pool_name}{scaling})",
             f"-- ******* ---- .> prefetch:    {prefetch}, acks late: {app.conf.task_acks_late}",
             "--- ***** ----- ",
             " -------------- [queues]",
@@ -183,6 +200,7 @@ class Worker:
         self._loop_thread = threading.get_ident()
         self._stop_event = asyncio.Event()
         self._cold_event = asyncio.Event()
+        self._hurry_event = asyncio.Event()
         try:
             with self._lock:
                 pending, self._pending_stop = self._pending_stop, None
@@ -235,6 +253,13 @@ class Worker:
         options: dict[str, Any] = {}
         if self.pool_name == "solo":
             options = {"lease_seconds": transport.lease_seconds, "before_inline": self._flush}
+        elif self.pool_name == "prefork":
+            options = {
+                "tasks": app.tasks,
+                "max_tasks_per_child": self.max_tasks_per_child,
+                "max_memory_per_child": self.max_memory_per_child,
+                "autoscale": self.autoscale,
+            }
         pool = self.pool = create_pool(self.pool_name, self.concurrency, **options)
         await pool.start()
         heartbeat.start()
@@ -248,6 +273,8 @@ class Worker:
             queues=self.queues,
             prefetch=self.prefetch,
             fetch_timeout=self.fetch_timeout,
+            rate_limits=not conf.worker_disable_rate_limits,
+            default_rate_limit=conf.task_default_rate_limit,
         )
         batch.on_release = consumer.released
         consumer.start()
@@ -298,6 +325,8 @@ class Worker:
             logger.warning("worker: Cold shutdown (%s)", signame or "requested")
             self.shutdown = "Cold"
             cold_event.set()
+        elif self._hurry_event is not None and (cold or signame is not None):
+            self._hurry_event.set()  # ends a soft shutdown at once
 
     async def _shutdown(self) -> bool:
         """Warm (or cold) shutdown; returns True when it ended cold."""
@@ -305,12 +334,16 @@ class Worker:
         consumer = self.consumer
         await consumer.stop_fetching()
         if not self._cold_event.is_set():
-            running = asyncio.ensure_future(consumer.wait_running())
-            cold = asyncio.ensure_future(self._cold_event.wait())
-            await asyncio.wait({running, cold}, return_when=asyncio.FIRST_COMPLETED)
-            cold.cancel()
-            if not running.done():
-                running.cancel()
+            await self._wait_running(self._cold_event)
+        timeout = float(self.app.conf.worker_soft_shutdown_timeout or 0)
+        if self._cold_event.is_set() and timeout > 0 and self.state.active:
+            assert self._hurry_event is not None
+            logger.warning(
+                "worker: Soft shutdown: %d running task(s) may take up to %ss to finish",
+                len(self.state.active),
+                timeout,
+            )
+            await self._wait_running(self._hurry_event, timeout)
         is_cold = self._cold_event.is_set()
         if is_cold:
             count = consumer.abandon_running()
@@ -318,6 +351,16 @@ class Worker:
                 logger.warning("Cold shutdown: requeued %d running task(s)", count)
         await self._close(cold=is_cold)
         return is_cold
+
+    async def _wait_running(self, event: asyncio.Event, timeout: float | None = None) -> None:
+        """Wait for the running tasks to finish, until ``event`` is set or ``timeout`` passes."""
+        assert self.consumer is not None
+        running = asyncio.ensure_future(self.consumer.wait_running())
+        other = asyncio.ensure_future(event.wait())
+        await asyncio.wait({running, other}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        other.cancel()
+        if not running.done():
+            running.cancel()
 
     async def _close(self, *, cold: bool) -> None:
         """Flush and close the components in reverse order of start (each may be missing)."""

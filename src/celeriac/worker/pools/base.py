@@ -27,8 +27,8 @@ from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from celeriac.app.trace import Failed, Outcome, aexecute, format_exc
-from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celeriac.app.trace import Failed, Outcome, Rejected, aexecute, format_exc
+from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 if TYPE_CHECKING:
     from celeriac.app.context import Context
@@ -180,6 +180,29 @@ def hard_limit_failure(job: Job, started: float) -> Failed:
     """The outcome of a job killed (or abandoned) at its hard time limit."""
     exc = TimeLimitExceeded(job.time_limit)
     return Failed(exc, format_exc(exc), time.monotonic() - started)
+
+
+def worker_lost(job: Job, reason: str, started: float) -> Outcome:
+    """The outcome of a job whose process died: ``WorkerLostError`` as FAILURE, or (with
+    ``acks_late`` and ``reject_on_worker_lost``) a redelivery (``lost_for_redelivery``)."""
+    exc = WorkerLostError(reason)
+    runtime = time.monotonic() - started
+    task = job.task
+    reject = task.reject_on_worker_lost
+    if reject is None:
+        reject = task.app.conf.task_reject_on_worker_lost
+    if task.acks_late and reject:
+        return Rejected(True, exc, runtime)
+    return Failed(exc, format_exc(exc), runtime)
+
+
+def lost_for_redelivery(outcome: Outcome) -> bool:
+    """True for ``worker_lost``'s redelivery: the worker lets the message's lease run out."""
+    return (
+        isinstance(outcome, Rejected)
+        and outcome.requeue
+        and isinstance(outcome.reason, WorkerLostError)
+    )
 
 
 # -- threads -----------------------------------------------------------------------------------

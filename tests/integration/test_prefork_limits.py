@@ -1,0 +1,67 @@
+"""Worker-level limits with the prefork pool on the SQLite broker: a rate limit of 10/s is held
+over 5 s without holding up other tasks; ``autoscale`` grows the pool from its minimum."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.testing.worker import start_worker
+from celeriac.worker.pools.prefork import PreforkPool
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="the prefork pool needs fork()"),
+    pytest.mark.timeout(60),
+]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[Celeriac]:
+    url = f"sqlite:///{tmp_path}/db.sqlite3"
+    application = Celeriac("limits", broker=url, backend=url)
+    yield application
+    application.close()
+
+
+def test_rate_limit_of_10_per_second_is_held_and_other_tasks_run_meanwhile(app: Celeriac) -> None:
+    @app.task(name="t.tick", rate_limit="10/s")
+    def tick() -> float:
+        return time.time()
+
+    @app.task(name="t.free")
+    def free() -> float:
+        return time.time()
+
+    first = [tick.delay() for _ in range(10)]
+    unlimited = free.delay()
+    rest = [tick.delay() for _ in range(46)]
+    with start_worker(app, pool="prefork", concurrency=2):
+        stamps = sorted(r.get(timeout=30) for r in first + rest)
+        free_at = unlimited.get(timeout=30)
+    start = stamps[0]
+    in_five_seconds = sum(1 for s in stamps if s < start + 5.0)
+    assert 45 <= in_five_seconds <= 55, in_five_seconds  # 10/s within 10 %
+    rate = (len(stamps) - 1) / (stamps[-1] - start)
+    assert 9.0 <= rate <= 11.0, rate
+    assert free_at < stamps[4], "the unlimited task waited behind the rate-limited ones"
+
+
+def test_autoscale_starts_at_the_minimum_and_grows_with_load(app: Celeriac) -> None:
+    @app.task(name="t.nap")
+    def nap(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    with start_worker(app, pool="prefork", autoscale="3,1") as worker:
+        pool = worker.pool
+        assert isinstance(pool, PreforkPool)
+        assert worker.concurrency == 3 and len(pool.processes) == 1
+        results = [nap.delay(0.5) for _ in range(3)]
+        pids = {r.get(timeout=20) for r in results}
+        assert len(pids) == 3 and pool.counters["forked"] == 3
+        assert "autoscale 1..3" in worker.banner()
