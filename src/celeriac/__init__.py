@@ -15,7 +15,17 @@ if TYPE_CHECKING:
     from celeriac.app.base import Celeriac, Celery, current_app, current_task, shared_task
     from celeriac.app.log import get_task_logger
     from celeriac.app.task import Task
-    from celeriac.canvas import Signature, signature
+    from celeriac.canvas import (
+        Signature,
+        chain,
+        chord,
+        chunks,
+        group,
+        maybe_signature,
+        signature,
+        xmap,
+        xstarmap,
+    )
     from celeriac.result import AsyncResult, GroupResult
 
 _LAZY: dict[str, str] = {
@@ -28,6 +38,13 @@ _LAZY: dict[str, str] = {
     "get_task_logger": "celeriac.app.log",
     "Signature": "celeriac.canvas",
     "signature": "celeriac.canvas",
+    "chain": "celeriac.canvas",
+    "chord": "celeriac.canvas",
+    "chunks": "celeriac.canvas",
+    "group": "celeriac.canvas",
+    "maybe_signature": "celeriac.canvas",
+    "xmap": "celeriac.canvas",
+    "xstarmap": "celeriac.canvas",
     "AsyncResult": "celeriac.result",
     "GroupResult": "celeriac.result",
     "states": "celeriac.states",
@@ -43,14 +60,21 @@ __all__ = [
     "Signature",
     "Task",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
     "current_task",
     "exceptions",
     "get_task_logger",
+    "group",
+    "maybe_signature",
     "shared_task",
     "signals",
     "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]
 
 

@@ -256,7 +256,7 @@ class WorkerProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
-    def wait_ready(self, timeout: float = 20.0) -> WorkerProcess:
+    def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -505,7 +505,9 @@ def record_row(row: Row) -> None:
 
 
 def write_table(rows: Iterable[Row], path: Path = RESULTS_FILE) -> str:
-    rows = list(rows)
+    """Write the rows (by scenario, then SQLite before Redis) as a markdown table to ``path``."""
+    order = {"sqlite": 0, "redis": 1}
+    rows = sorted(rows, key=lambda r: (r.scenario.split(".")[0], order.get(r.broker, 9)))
     mode = "soak (CELERIAC_SOAK=1)" if SOAK else "default"
     lines = [
         f"Fault-injection results ({mode} run, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
@@ -535,6 +537,7 @@ class FaultEnv:
         self.queue = f"faults-{uuid.uuid4().hex[:8]}"
         self.log = tmp / "executions.log"
         self.workers: list[WorkerProcess] = []
+        self._client: Celeriac | None = None
         self.conf: dict[str, Any] = {
             "broker_transport_options": {"visibility_timeout": 5.0, **broker.options},
             "result_backend_transport_options": dict(broker.options),
@@ -543,7 +546,6 @@ class FaultEnv:
             "worker_prefetch_multiplier": 4,
         }
         self.configure(**conf)
-        self._client: Celeriac | None = None
 
     def configure(self, **conf: Any) -> None:
         """Change the workers' settings (before starting them); dict options are merged."""
@@ -559,11 +561,7 @@ class FaultEnv:
             "conf": self.conf,
         }
         (self.tmp / "faultapp.py").write_text(APP_TEMPLATE.format(config=config))
-        if self._client_is_open():
-            self.close_client()
-
-    def _client_is_open(self) -> bool:
-        return getattr(self, "_client", None) is not None
+        self.close_client()  # the next use opens a client with the new settings
 
     @property
     def client(self) -> Celeriac:

@@ -5,8 +5,9 @@
    leases, ``visibility_timeout`` = 5 s, run out; a live worker renews them, so it keeps its long
    tasks). Runs that finished but whose ack died with the worker run again: counted as
    duplicates (at-least-once), never more than the worker held.
-2. SIGKILL of one prefork child running a task: nothing is lost, the task runs again
-   (``task_reject_on_worker_lost``), the pool starts a new child and the worker goes on.
+2. SIGKILL of one prefork child running a task: nothing is lost, the pool starts a new child
+   and the worker goes on; the task runs again when its lease runs out
+   (``task_reject_on_worker_lost``, set by the harness).
 3. SIGTERM (warm shutdown) mid-load: running tasks finish and are acked, reserved ones go back;
    a fresh worker finishes the rest: nothing lost, nothing run twice.
 """

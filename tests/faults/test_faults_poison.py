@@ -95,7 +95,7 @@ def test_self_killing_task_is_dead_lettered(
             assert backend is not None
             wait_for(
                 lambda: backend.get_meta(poison.id).status == states.FAILURE,
-                60,
+                90,
                 "the poison task to be given up",
                 interval=0.1,
             )

@@ -110,7 +110,10 @@ def _locked(name: str) -> Iterator[None]:
 
 
 def _versions(python: Path) -> tuple[str, str, str]:
-    probe = "import celery, kombu, redis; print(celery.__version__, kombu.__version__, redis.__version__)"
+    probe = (
+        "import celery, kombu, redis; "
+        "print(celery.__version__, kombu.__version__, redis.__version__)"
+    )
     out = subprocess.run(
         [str(python), "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )

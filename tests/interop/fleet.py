@@ -82,14 +82,21 @@ def wait_until(
         time.sleep(interval)
 
 
-def child_env(config: dict[str, Any] | None = None) -> dict[str, str]:
-    """The environment of a peer process: ours minus Celeriac settings and Python paths."""
+def child_env(config: dict[str, Any] | None = None, celeriac: bool = False) -> dict[str, str]:
+    """The environment of a peer process: ours minus Celeriac/Celery settings and Python paths;
+    a Celeriac peer also gets the source root of the ``celeriac`` this process imported, so
+    both run the same code."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CELERIAC_", "CELERY_", "PYTHON", "VIRTUAL_ENV"))
     }
-    env["PYTHONPATH"] = str(PEERS)
+    paths = [str(PEERS)]
+    if celeriac:
+        import celeriac as package
+
+        paths.append(str(Path(package.__file__).resolve().parents[1]))
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     if config is not None:
@@ -339,6 +346,32 @@ class CeleriacClient:
     def forget(self, task_id: str) -> None:
         self.app.AsyncResult(task_id).forget()
 
+    def canvas(self, kind: str, spec: Any, **options: Any) -> dict[str, Any]:
+        """The same workflows as ``celery_agent.op_canvas``, built with Celeriac's canvas."""
+        from celeriac import chain, chord, group
+
+        def sig(item: list[Any]) -> Any:
+            name, args, *rest = item
+            return self.app.signature(name, args=list(args), options=rest[0] if rest else {})
+
+        if kind == "chain":
+            result = chain(*[sig(s) for s in spec]).apply_async(**options)
+            parents, node = [], result.parent
+            while node is not None:
+                parents.append(node.id)
+                node = node.parent
+            return {"id": result.id, "parents": parents}
+        if kind == "group":
+            result = group(*[sig(s) for s in spec]).apply_async(**options)
+            result.save()
+            return {"id": result.id, "children": [r.id for r in result.results]}
+        if kind == "chord":
+            header = [sig(s) for s in spec["header"]]
+            result = chord(header)(sig(spec["body"]), **options)
+            parent = getattr(result, "parent", None)
+            return {"id": result.id, "group_id": parent.id if parent is not None else None}
+        raise ValueError(f"unknown canvas kind {kind!r}")
+
 
 Client = CeleryClient | CeleriacClient
 
@@ -421,7 +454,7 @@ class Fleet:
         hostname = f"{key}-{self.name}@interop"
         argv = [sys.executable, "-m", "celeriac.cli", "-A", "celeriac_app", "worker"]
         argv += ["-P", "threads", "-c", "2", "-Q", ",".join(queues), "-n", hostname, "-l", "INFO"]
-        proc = Proc(key, argv, child_env(self.config(queues[0])), self._log(key))
+        proc = Proc(key, argv, child_env(self.config(queues[0]), celeriac=True), self._log(key))
         self.procs[key] = proc
         proc.wait_for_log(f"{hostname} ready.", 30)
         return proc
@@ -452,27 +485,33 @@ class Fleet:
             self.closed_procs.append(proc)
 
     # -- clients ---------------------------------------------------------------------------------
-    def celery_client(self, version: str) -> CeleryClient:
-        """A Celery client whose default queue and routes point at the Celeriac worker."""
-        agent = self.agents.get(version)
+    def celery_client(self, version: str, queue: str | None = None) -> CeleryClient:
+        """A Celery client whose default queue (unless ``queue`` is given) and routes point at
+        the Celeriac worker."""
+        queue = queue or self.queue("celeriac")
+        key = f"{version}:{queue}"
+        agent = self.agents.get(key)
         if agent is None:
             routes = {"interop.routed": {"queue": self.other_queue("celeriac")}}
-            config = self.config(self.queue("celeriac"), routes=routes)
-            agent = CeleryAgent(self.envs(version), config, self._log(f"celery-{version}-client"))
-            self.agents[version] = agent
+            config = self.config(queue, routes=routes)
+            log = self._log(f"celery-{version}-client")
+            agent = CeleryAgent(self.envs(version), config, log)
+            self.agents[key] = agent
+            agent.request("versions", timeout=60)  # imported and ready: calls are timed
         return CeleryClient(agent)
 
-    def celeriac_client(self, version: str | None) -> CeleriacClient:
-        """A Celeriac client whose default queue and routes point at that Celery worker (or at
-        the Celeriac worker when ``version`` is None)."""
-        key = version or "celeriac"
+    def celeriac_client(self, version: str | None, queue: str | None = None) -> CeleriacClient:
+        """A Celeriac client whose default queue (unless ``queue`` is given) and routes point at
+        that Celery worker (or at the Celeriac worker when ``version`` is None)."""
+        impl = "celery" if version else "celeriac"
+        queue = queue or self.queue(impl, version)
+        key = f"{version or 'celeriac'}:{queue}"
         app = self.apps.get(key)
         if app is None:
             from celeriac_app import make_app
 
-            impl = "celery" if version else "celeriac"
             routes = {"interop.routed": {"queue": self.other_queue(impl, version)}}
-            app = make_app(self.config(self.queue(impl, version), routes=routes), f"client-{key}")
+            app = make_app(self.config(queue, routes=routes), f"client-{len(self.apps)}")
             self.apps[key] = app
         return CeleriacClient(app)
 

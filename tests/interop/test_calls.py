@@ -14,31 +14,11 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import Pair
-from fleet import Outcome
+from interop_support import Pair, succeeded
 
 pytestmark = [pytest.mark.timeout(90)]
 
 UTC = dt.timezone.utc
-
-
-def succeeded(pair: Pair, task_id: str, timeout: float = 15.0) -> Any:
-    """The task's value as the client reads it; a clear failure otherwise."""
-    outcome = pair.client.outcome(task_id, timeout)
-    if outcome.timed_out or outcome.state != "SUCCESS":
-        raise AssertionError(
-            f"{pair.describe()}: task {task_id} did not succeed: {_show(outcome)}\n"
-            f"{pair.fleet.diagnostics()}"
-        )
-    return outcome.value
-
-
-def _show(outcome: Outcome) -> str:
-    if outcome.timed_out:
-        return f"still {outcome.state} after the timeout"
-    if outcome.exc_type:
-        return f"{outcome.state}: {outcome.exc_type}{tuple(outcome.exc_args)!r}"
-    return f"{outcome.state}: {outcome.value!r}"
 
 
 def _aware(text: str | None) -> dt.datetime:

@@ -12,8 +12,8 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import VERSIONS, celery_env
 from fleet import Fleet, wait_until
+from interop_support import VERSION_IDS, VERSIONS, celery_env
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -31,7 +31,6 @@ def dead_letter_of(fleet: Fleet, task_id: str, timeout: float = 15.0) -> Any:
 
 
 BAD_HEADERS = [("eta", "not a date"), ("retries", "three"), ("timelimit", "soon")]
-VERSION_IDS = [f"celery{v}" for v in VERSIONS]
 
 
 def send_bad(fleet: Fleet, version: str, field: str, value: str) -> Any:

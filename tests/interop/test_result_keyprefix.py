@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VERSIONS, celery_env
 from fleet import Fleet
+from interop_support import VERSIONS, celery_env
 
 pytestmark = [pytest.mark.timeout(60)]
 

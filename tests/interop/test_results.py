@@ -11,38 +11,11 @@ import datetime as dt
 import uuid
 
 import pytest
-from conftest import Pair
-from fleet import Outcome, wait_until
-from test_calls import succeeded
+from interop_support import Pair, failed, succeeded, wait_state
 
 pytestmark = [pytest.mark.timeout(90)]
 
 UTC = dt.timezone.utc
-
-
-def failed(pair: Pair, task_id: str, timeout: float = 15.0) -> Outcome:
-    outcome = pair.client.outcome(task_id, timeout)
-    assert outcome.exc_type is not None, (
-        f"{pair.describe()}: expected a failure, got {outcome}\n{pair.fleet.diagnostics()}"
-    )
-    return outcome
-
-
-def wait_state(pair: Pair, task_id: str, state: str, timeout: float = 15.0) -> object:
-    """The ``info`` of ``task_id`` once the client sees ``state``."""
-    seen: list[tuple[str, object]] = []
-
-    def reached() -> bool:
-        seen.append(pair.client.state(task_id))
-        return seen[-1][0] == state
-
-    wait_until(
-        reached,
-        timeout,
-        f"{pair.describe()}: task {task_id} in state {state} (last seen: {seen[-1:]})",
-        pair.fleet.diagnostics,
-    )
-    return seen[-1][1]
 
 
 def test_builtin_exception(pair: Pair) -> None:

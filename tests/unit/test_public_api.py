@@ -15,14 +15,21 @@ EXPECTED = {
     "Signature",
     "Task",
     "__version__",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
     "current_task",
     "exceptions",
     "get_task_logger",
+    "group",
+    "maybe_signature",
     "shared_task",
     "signals",
     "signature",
     "states",
+    "xmap",
+    "xstarmap",
 }
 
 

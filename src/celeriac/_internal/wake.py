@@ -2,14 +2,22 @@
 
 How it works
     A thread that is about to wait (a consumer's idle ``fetch``, a client's ``wait_for_change``)
-    *listens*: it binds a Unix datagram socket named ``<channel>.<pid>.<n>.<random>`` in the wake
-    directory of the database, ``<database>-wake/``, and only then looks at the database once
-    more before it waits on the socket. A writer, after its transaction has committed, lists the
-    directory and sends one byte (non-blocking) to every socket of the channels it wrote to:
-    ``m`` for messages, ``r<hash of the key>`` for a result key (see ``result_channel``). The
-    listener removes its socket when it stops waiting, so only threads that are waiting receive
-    anything. Listening before looking means no wake is lost between the look and the wait: a
-    commit after the look lists the directory after the socket was bound.
+    *listens*: it binds a Unix datagram socket in the wake directory of the database,
+    ``<database>-wake/``, named ``<channel>.<pid>.<n>.<random>`` (one hard link more per further
+    channel), and only then looks at the database once more before it waits on the socket. A
+    writer, after its transaction has committed, lists the directory and sends one byte
+    (non-blocking) to listeners of the channels it wrote to. The listener removes its names when
+    it stops waiting, so only threads that are waiting receive anything. Listening before
+    looking means no wake is lost between the look and the wait: a commit after the look lists
+    the directory after the socket was bound.
+
+Channels
+    ``m<hash of the queue>`` (``message_channel``): a publish of *n* messages wakes at most *n*
+    of the queue's consumers (chosen at random; this process's own first), not all of them, so
+    that idle consumers do not stampede for one message. A consumer passes a wake on to another
+    listener of its queues when it may not have used it: when it stops listening with a wake
+    still pending, and when it claimed as many messages as it asked for (more may be waiting).
+    ``r<hash of the key>`` (``result_channel``): a result write wakes every waiter of that key.
 
     Listeners of this process are also known in memory: writes of this process and ``poke``
     (which interrupts a wait, e.g. at shutdown) reach them without the file system, and still do
@@ -17,9 +25,9 @@ How it works
 
 Failures cost latency, never correctness
     Waiters keep polling the database with backoff as a safety net. Sending never raises: a gone
-    socket (ENOENT) is skipped, a full one (EAGAIN) already has a wake pending, and a stale one
-    left by a killed process (ECONNREFUSED) is removed by the writer. A directory that cannot
-    be created or used leaves only the in-process wake-ups.
+    socket (ENOENT) is skipped for the next listener, a full one (EAGAIN) already has a wake
+    pending, and a stale one left by a killed process (ECONNREFUSED) is removed by the writer. A
+    directory that cannot be created or used leaves only the in-process wake-ups.
 
 Addresses
     A socket address holds about 100 bytes. When ``<database>-wake/<name>`` does not fit, Linux
@@ -35,17 +43,16 @@ import functools
 import hashlib
 import itertools
 import os
+import random
 import secrets
 import socket
 import stat
 import sys
 import threading
-from collections.abc import Collection
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-#: the channel of queued messages (the broker)
-MESSAGES = "m"
 #: longest socket path we bind (sun_path is 108 bytes on Linux, 104 on macOS, with a NUL)
 ADDRESS_MAX = 100
 #: longest name of a listener's socket (channel, pid, counter, random part, dots)
@@ -53,11 +60,22 @@ _NAME_MAX = 40
 _PROC_FD = Path("/proc/self/fd")
 _HAVE_UNIX = hasattr(socket, "AF_UNIX")
 _WAKE = b"!"
+#: ``notify`` counts: wake this many listeners of a channel (None: all of them)
+Wanted = Mapping[str, int | None]
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+
+
+def message_channel(queue: str) -> str:
+    """The channel of one queue: ``m`` and 10 hex digits of its name's hash."""
+    return "m" + _digest(queue)
 
 
 def result_channel(key: str) -> str:
     """The channel of one result key: ``r`` and 10 hex digits of its hash."""
-    return "r" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+    return "r" + _digest(key)
 
 
 def channel_of(name: str) -> str:
@@ -77,23 +95,29 @@ def _fallback_directory(database: Path) -> Path:
 
 
 class Listener:
-    """One waiting thread's socket; ``wait`` returns early when it is woken. A context manager."""
+    """One waiting thread's socket; ``wait`` returns early when it is woken. A context manager.
 
-    __slots__ = ("_hub", "_pid", "_poke_to", "_poker", "channel", "name", "path", "sock")
+    ``forward``: pass a wake that may not have been used on to another listener (see the module
+    docstring); for channels whose writers wake only some listeners.
+    """
 
-    def __init__(self, hub: WakeHub, channel: str, remote: bool) -> None:
+    __slots__ = ("_hub", "_pid", "_poke_to", "_poker", "channels", "forward", "names", "sock")
+
+    def __init__(
+        self, hub: WakeHub, channels: Sequence[str], *, remote: bool, forward: bool
+    ) -> None:
         self._hub = hub
-        self.channel = channel
+        self.channels = tuple(channels)
+        self.forward = forward
         self._pid = os.getpid()
-        self.name = ""
-        #: where it is bound in the wake directory (None: in-process wake-ups only)
-        self.path: Path | None = None
+        #: its names in the wake directory (none: in-process wake-ups only)
+        self.names: list[str] = []
         self._poke_to = ""
         #: the other end of a socket pair, for a listener that is not bound
         self._poker: socket.socket | None = None
-        bound = hub.bind(channel) if remote else None
+        bound = hub.bind(self.channels) if remote else None
         if bound is not None:
-            self.sock, self.name, self.path, self._poke_to = bound
+            self.sock, self.names, self._poke_to = bound
         else:
             self.sock, poker = socket.socketpair()
             poker.setblocking(False)
@@ -110,30 +134,48 @@ class Listener:
             return False
         except OSError:  # closed under us: behave as a wake, the caller looks again
             return True
-        sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            while sock.recv(64):
-                pass
+        self._drain()
         return True
 
-    def poke(self) -> None:
-        """Wake this listener (from any thread of this process)."""
+    def _drain(self) -> bool:
+        """Read what is pending without waiting; whether there was anything."""
+        found = False
         with contextlib.suppress(OSError):
+            self.sock.setblocking(False)
+            while self.sock.recv(64):
+                found = True
+        return found
+
+    def poke(self) -> bool:
+        """Wake this listener (from any thread of this process); whether it was sent."""
+        try:
             if self._poker is not None:
                 self._poker.send(_WAKE)
             else:
                 self._hub.sender().sendto(_WAKE, self._poke_to)
+        except BlockingIOError:
+            return True  # full: a wake is pending already
+        except OSError:
+            return False
+        return True
+
+    def pass_on(self) -> None:
+        """Wake one other listener of each of this listener's channels."""
+        self._hub.notify(dict.fromkeys(self.channels, 1), skip=self)
 
     def close(self) -> None:
-        """Stop listening: unregister, remove the socket file, close. Idempotent."""
+        """Stop listening: unregister, remove the names, close; pass on an unused wake."""
         self._hub.unregister(self)
-        if self.path is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            self.path = None
+        if self._pid == os.getpid():
+            for name in self.names:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._hub.directory / name)
+        pending = self.forward and self._drain()
         self.sock.close()
         if self._poker is not None:
             self._poker.close()
+        if pending:
+            self.pass_on()
 
     def __enter__(self) -> Listener:
         return self
@@ -156,7 +198,7 @@ class WakeHub:
         if _HAVE_UNIX and sys.platform != "linux" and not self._fits(str(self.directory)):
             self.directory = _fallback_directory(database)
         self._lock = threading.Lock()
-        self._local: dict[str, set[Listener]] = {}
+        self._local: dict[str, list[Listener]] = {}
         self._own: set[str] = set()
         self._counter = itertools.count(1)
         self._sender: socket.socket | None = None
@@ -185,6 +227,16 @@ class WakeHub:
                 self._dirfd_pid = os.getpid()
             return f"{_PROC_FD}/{self._dirfd}"
 
+    def _prefix_is_stale(self) -> bool:
+        """Whether our descriptor of the directory is not the directory's path any more."""
+        fd = self._dirfd
+        if fd is None or self._dirfd_pid != os.getpid():
+            return False
+        try:
+            return os.fstat(fd).st_ino != os.stat(self.directory).st_ino
+        except OSError:
+            return True
+
     def sender(self) -> socket.socket:
         """This process's unbound, non-blocking socket that sends the wakes."""
         sock = self._sender
@@ -194,47 +246,52 @@ class WakeHub:
             self._sender, self._sender_pid = sock, os.getpid()
         return sock
 
-    def bind(self, channel: str) -> tuple[socket.socket, str, Path, str] | None:
-        """A socket bound in the wake directory: (socket, name, path, address); None if not."""
-        if not _HAVE_UNIX:
+    def bind(self, channels: Sequence[str]) -> tuple[socket.socket, list[str], str] | None:
+        """A socket bound in the wake directory under one name per channel (hard links):
+        (socket, names, address of the first); None if that cannot be done."""
+        if not _HAVE_UNIX or not channels:
             return None
-        name = f"{channel}.{os.getpid():x}.{next(self._counter):x}.{secrets.token_hex(3)}"
+        suffix = f"{os.getpid():x}.{next(self._counter):x}.{secrets.token_hex(3)}"
+        names = [f"{channel}.{suffix}" for channel in channels]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         for attempt in range(3):
             try:
-                address = f"{self._prefix(reopen=attempt > 0)}/{name}"
+                address = f"{self._prefix(reopen=attempt > 0)}/{names[0]}"
                 sock.bind(address)
-                return sock, name, self.directory / name, address
             except FileNotFoundError:
                 with contextlib.suppress(OSError):
                     self.directory.mkdir(parents=True, exist_ok=True)
+                continue
             except OSError:
                 break
+            linked = names[:1]
+            for name in names[1:]:
+                with contextlib.suppress(OSError):  # that channel then relies on polling
+                    os.link(self.directory / names[0], self.directory / name)
+                    linked.append(name)
+            return sock, linked, address
         sock.close()
         return None
 
     # -- listeners of this process -------------------------------------------------------------
-    def listen(self, channel: str, *, remote: bool = True) -> Listener:
-        """Start listening on ``channel`` (``remote=False``: wakes from this process only)."""
-        return Listener(self, channel, remote)
+    def listen(
+        self, channels: Sequence[str], *, remote: bool = True, forward: bool = False
+    ) -> Listener:
+        """Start listening on ``channels`` (``remote=False``: wakes from this process only)."""
+        return Listener(self, channels, remote=remote, forward=forward)
 
     def register(self, listener: Listener) -> None:
         with self._lock:
-            self._local.setdefault(listener.channel, set()).add(listener)
-            if listener.name:
-                self._own.add(listener.name)
+            for channel in listener.channels:
+                self._local.setdefault(channel, []).append(listener)
+            self._own.update(listener.names)
 
     def unregister(self, listener: Listener) -> None:
         with self._lock:
-            self._local.get(listener.channel, set()).discard(listener)
-            self._own.discard(listener.name)
-
-    def poke(self, channel: str) -> None:
-        """Wake the listeners of ``channel`` in this process only."""
-        with self._lock:
-            listeners = list(self._local.get(channel, ()))
-        for listener in listeners:
-            listener.poke()
+            for channel in listener.channels:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._local[channel].remove(listener)
+            self._own.difference_update(listener.names)
 
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's listeners are not ours (their files stay)."""
@@ -243,49 +300,68 @@ class WakeHub:
         self._own = set()
 
     # -- writers -------------------------------------------------------------------------------
-    def notify(self, channels: Collection[str], *, remote: bool = True) -> None:
-        """Wake every listener of ``channels``: this process's, then (``remote``) the others'."""
+    def notify(self, wanted: Wanted, *, remote: bool = True, skip: Listener | None = None) -> None:
+        """Wake listeners: ``wanted`` maps a channel to how many (None: all); this process's
+        listeners first, then (``remote``) other processes'. Never raises."""
         with self._lock:
-            local = [lis for ch in channels for lis in self._local.get(ch, ())]
+            local = {ch: list(self._local.get(ch, ())) for ch in wanted}
             own = set(self._own)
-        for listener in local:
-            listener.poke()
-        if remote and _HAVE_UNIX:
+        left: dict[str, int | None] = {}
+        for channel, count in wanted.items():
+            woken = 0
+            for listener in local[channel]:
+                if count is not None and woken >= count:
+                    break
+                if listener is not skip and listener.poke():
+                    woken += 1
+            if count is None or woken < count:
+                left[channel] = None if count is None else count - woken
+        if remote and left and _HAVE_UNIX:
             with contextlib.suppress(OSError):
-                self._send_all(channels, own)
+                self._send_remote(left, own)
 
-    def _send_all(self, channels: Collection[str], own: set[str]) -> None:
+    def _send_remote(self, wanted: dict[str, int | None], own: set[str]) -> None:
+        groups: dict[str, list[str]] = {}
         try:
-            entries = [
-                e.name
-                for e in os.scandir(self.directory)
-                if channel_of(e.name) in channels and e.name not in own
-            ]
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    channel = channel_of(entry.name)
+                    if channel in wanted and entry.name not in own:
+                        groups.setdefault(channel, []).append(entry.name)
         except FileNotFoundError:
             return
-        if not entries:
+        if not groups:
             return
         prefix = self._prefix()
         missing = 0
-        for name in entries:
-            missing += self._send(prefix, name)
-        if missing == len(entries) and prefix != str(self.directory):
-            # every one vanished: perhaps the directory was made anew under our descriptor
+        for channel, names in groups.items():
+            missing += self._send_some(prefix, names, wanted[channel])
+        if missing and self._prefix_is_stale():
+            # made anew under our descriptor: send again through a new one
             prefix = self._prefix(reopen=True)
-            for name in entries:
-                self._send(prefix, name)
+            for channel, names in groups.items():
+                self._send_some(prefix, names, wanted[channel])
 
-    def _send(self, prefix: str, name: str) -> int:
-        """Send one wake; 1 if the socket was not found, else 0."""
-        try:
-            self.sender().sendto(_WAKE, f"{prefix}/{name}")
-        except FileNotFoundError:
-            return 1
-        except ConnectionRefusedError:  # nobody bound: left by a process that was killed
-            self._remove_stale(name)
-        except OSError:  # EAGAIN: a wake is pending already; anything else: polling covers it
-            pass
-        return 0
+    def _send_some(self, prefix: str, names: list[str], count: int | None) -> int:
+        """Send to ``count`` of ``names`` (all if None) in random order; how many were gone."""
+        if count is not None and count < len(names):
+            random.shuffle(names)
+        sent = missing = 0
+        for name in names:
+            if count is not None and sent >= count:
+                break
+            try:
+                self.sender().sendto(_WAKE, f"{prefix}/{name}")
+                sent += 1
+            except BlockingIOError:
+                sent += 1  # full: a wake is pending there already
+            except FileNotFoundError:
+                missing += 1
+            except ConnectionRefusedError:  # nobody bound: left by a process that was killed
+                self._remove_stale(name)
+            except OSError:  # anything else: polling covers it
+                pass
+        return missing
 
     def _remove_stale(self, name: str) -> None:
         path = self.directory / name

@@ -184,6 +184,9 @@ class Celeriac:
             if self._finalized:
                 return
             self._finalized = True
+            from celeriac.app.builtins import register_builtins
+
+            register_builtins(self)  # celery.map, celery.starmap, celery.chunks, ... (canvas)
             for module in [*self.conf.imports, *self.conf.include]:
                 importlib.import_module(module)
             for packages, related_name in self._autodiscover:

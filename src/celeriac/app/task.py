@@ -25,7 +25,8 @@ from celeriac.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
-    from celeriac.canvas import Signature, chunks, xmap, xstarmap
+    from celeriac.canvas import Signature, xmap, xstarmap
+    from celeriac.canvas import chunks as Chunks
     from celeriac.result import AsyncResult, EagerResult
 
 P = ParamSpec("P")
@@ -340,7 +341,7 @@ class Task(Generic[P, R]):
 
         return xstarmap(self.s(), it, app=self._app)
 
-    def chunks(self, it: Any, n: int) -> chunks:
+    def chunks(self, it: Any, n: int) -> Chunks:
         """``it`` cut into parts of ``n`` items, one ``starmap`` task per part."""
         from celeriac.canvas import chunks
 

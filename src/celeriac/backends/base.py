@@ -89,12 +89,17 @@ def join_decision(
     adjust: bytes | None,
     claim: bytes | None,
     add: JoinAdd,
+    added: bool,
 ) -> tuple[int | None, bool]:
-    """(total, whether ``add``'s caller may take the claim) for drivers without a script."""
+    """(total, whether ``add``'s caller may take the claim) for drivers without a script.
+
+    ``claim_now`` counts only for a member added now: a failure reported again after its task
+    had succeeded (a redelivery) must not end the chord.
+    """
     if size is None:
         return None, False
     total = int(size) + int(adjust or 0)
-    if count < total and not add.claim_now:
+    if count < total and not (add.claim_now and added):
         return total, False
     return total, claim is None or claim == add.token.encode()
 
@@ -168,9 +173,10 @@ class KeyValueStore(ABC):
     ) -> list[JoinState]:
         """For each add, in order and atomically: unless the join is done (``<key>.c`` holds
         ``done``), add ``value`` under ``member`` once; count the members; and when the count
-        reaches the size stored at ``<key>.s`` (+ ``<key>.t``), or with ``claim_now``, take the
-        claim ``<key>.c`` for ``claim_seconds`` (a caller that holds it with the same token
-        keeps it). The join's keys expire ``expires`` seconds after the last add.
+        reaches the size stored at ``<key>.s`` (+ ``<key>.t``), or with ``claim_now`` when the
+        member is new, take the claim ``<key>.c`` for ``claim_seconds`` (a caller that holds
+        it with the same token keeps it). The join's keys expire ``expires`` seconds after the
+        last add.
 
         This default keeps the members in one record (``<key>.j``) and is atomic only within
         this process; drivers shared between processes override it.
@@ -184,11 +190,12 @@ class KeyValueStore(ABC):
         if claim == b"done":
             return JoinState(-1, None, False)
         members = _join_member_record(record)
-        if add.member not in members:
+        added = add.member not in members
+        if added:
             value = base64.b64encode(add.value).decode("ascii")
             members[add.member] = [_join_score(add.score), value]
             self.set(f"{key}.j", json.dumps(members).encode("ascii"), expires)
-        total, claimable = join_decision(len(members), size, adjust, claim, add)
+        total, claimable = join_decision(len(members), size, adjust, claim, add, added)
         if claimable:
             self.set(f"{key}.c", add.token.encode(), claim_seconds)
         return JoinState(len(members), total, claimable)
@@ -196,7 +203,7 @@ class KeyValueStore(ABC):
     def join_values(self, key: str) -> list[bytes]:
         """The values of the join ``key``, ordered by score."""
         members = _join_member_record(self.get(f"{key}.j"))
-        ordered = sorted(members.values(), key=lambda item: math.inf if item[0] is None else item[0])
+        ordered = sorted(members.values(), key=lambda m: math.inf if m[0] is None else m[0])
         return [base64.b64decode(value) for _, value in ordered]
 
     def join_finish(self, key: str, token: str, done_expires: float) -> bool:

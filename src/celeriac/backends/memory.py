@@ -108,6 +108,7 @@ class _Space:
         if claim == b"done":
             return JoinState(-1, None, False)
         members = self.join_members(key)
+        added = add.member not in members
         members.setdefault(add.member, (add.score, add.value))
         self.joins[key] = (members, _deadline(expires))
         for suffix in (".s", ".t"):
@@ -115,7 +116,7 @@ class _Space:
             if value is not None:
                 self.write(key + suffix, value, expires)
         size, adjust = self.read(f"{key}.s"), self.read(f"{key}.t")
-        total, claimable = join_decision(len(members), size, adjust, claim, add)
+        total, claimable = join_decision(len(members), size, adjust, claim, add, added)
         if claimable:
             self.write(f"{key}.c", add.token.encode(), claim_seconds)
         return JoinState(len(members), total, claimable)

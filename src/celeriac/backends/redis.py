@@ -33,7 +33,7 @@ Chord joins (spec §5.5, Celery 5.7's keys)
     already counted, ``.s`` size (set by the client), ``.t`` adjustment, ``.c`` claim token then
     ``done``. ``join_add_many`` runs ``JOIN_ADD`` (one EVALSHA per add, pipelined): stop if
     done; add once; count; refresh the TTLs; claim with ``SET NX EX`` when the count reaches
-    ``.s + .t`` (or at once for a failure: ``claim_now``). ``JOIN_FINISH`` deletes
+    ``.s + .t`` (or at once for a new failure: ``claim_now``). ``JOIN_FINISH`` deletes
     ``.j .t .s .d`` and sets ``.c = done`` for the claim's holder. Celery 5.7 and 5.3 workers
     count the same members, so a mixed fleet agrees on when a chord is complete.
 
@@ -118,7 +118,8 @@ return #KEYS
 JOIN_ADD = r"""
 local claim = redis.call('GET', KEYS[6])
 if claim == 'done' then return {-1, -1, 0} end
-if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then
+local added = redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0
+if added then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
   redis.call('SADD', KEYS[4], ARGV[1])
 end
@@ -129,7 +130,7 @@ end
 local size = redis.call('GET', KEYS[3])
 if not size then return {count, -1, 0} end
 local total = tonumber(size) + tonumber(redis.call('GET', KEYS[2]) or '0')
-if count >= total or ARGV[7] == '1' then
+if count >= total or (ARGV[7] == '1' and added) then
   if claim == ARGV[6] then return {count, total, 1} end
   if redis.call('SET', KEYS[6], ARGV[6], 'NX', 'EX', ARGV[5]) then return {count, total, 1} end
 end
@@ -329,8 +330,8 @@ class RedisStore(KeyValueStore):
         self._client = make_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)
-        self._join_add = self._client.register_script(JOIN_ADD)
-        self._join_finish = self._client.register_script(JOIN_FINISH)
+        self._join_add_script = self._client.register_script(JOIN_ADD)
+        self._join_finish_script = self._client.register_script(JOIN_FINISH)
 
     def _run(self, what: str, func: Callable[..., T], *args: Any) -> T:
         while True:
@@ -420,7 +421,7 @@ class RedisStore(KeyValueStore):
             pipe = self._client.pipeline(transaction=False)
             for add in adds:
                 keys, args = _join_add_args(self.prefix, add, expires, claim_seconds)
-                self._join_add(keys=keys, args=args, client=pipe)
+                self._join_add_script(keys=keys, args=args, client=pipe)
             return [_join_state(reply) for reply in pipe.execute()]
 
         return self._run("join", run) if adds else []
@@ -432,7 +433,7 @@ class RedisStore(KeyValueStore):
     def join_finish(self, key: str, token: str, done_expires: float) -> bool:
         keys = _join_finish_keys(self.prefix, key)
         args = [token, str(max(1, round(done_expires)))]
-        return bool(self._run("join", lambda: self._join_finish(keys=keys, args=args)))
+        return bool(self._run("join", lambda: self._join_finish_script(keys=keys, args=args)))
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):
@@ -453,8 +454,8 @@ class AsyncRedisStore(AsyncKeyValueStore):
         self._client = make_async_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)
-        self._join_add = self._client.register_script(JOIN_ADD)
-        self._join_finish = self._client.register_script(JOIN_FINISH)
+        self._join_add_script = self._client.register_script(JOIN_ADD)
+        self._join_finish_script = self._client.register_script(JOIN_FINISH)
 
     async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         while True:
@@ -547,7 +548,7 @@ class AsyncRedisStore(AsyncKeyValueStore):
             pipe = self._client.pipeline(transaction=False)
             for add in adds:
                 keys, args = _join_add_args(self.prefix, add, expires, claim_seconds)
-                await self._join_add(keys=keys, args=args, client=pipe)
+                await self._join_add_script(keys=keys, args=args, client=pipe)
             return [_join_state(reply) for reply in await pipe.execute()]
 
         return await self._run("join", run) if adds else []
@@ -562,7 +563,7 @@ class AsyncRedisStore(AsyncKeyValueStore):
         args = [token, str(max(1, round(done_expires)))]
 
         async def run() -> Any:
-            return await self._join_finish(keys=keys, args=args)
+            return await self._join_finish_script(keys=keys, args=args)
 
         return bool(await self._run("join", run))
 

@@ -93,7 +93,8 @@ def _join_add(
         return JoinState(-1, None, False)
     expires_at = _expiry(expires, now)
     count = int(_live(conn, f"{key}.n", now) or 0)
-    if _live(conn, _member_key(add), now) is None:
+    added = _live(conn, _member_key(add), now) is None
+    if added:
         conn.execute(_UPSERT, (_member_key(add), add.value, expires_at))
         count += 1
     conn.execute(_UPSERT, (f"{key}.n", str(count).encode("ascii"), expires_at))
@@ -102,7 +103,7 @@ def _join_add(
         (expires_at, f"{key}.s", f"{key}.t"),
     )
     size, adjust = _live(conn, f"{key}.s", now), _live(conn, f"{key}.t", now)
-    total, claimable = join_decision(count, size, adjust, claim, add)
+    total, claimable = join_decision(count, size, adjust, claim, add, added)
     if claimable:
         conn.execute(_UPSERT, (f"{key}.c", add.token.encode(), now + claim_seconds))
     return JoinState(count, total, claimable)
@@ -201,7 +202,7 @@ class SQLiteStore(KeyValueStore):
             return self.get(key)
         deadline = time.monotonic() + timeout
         # listen first, then look: a write after the look wakes the listener
-        with self._hub.listen(result_channel(key), remote=self.wake_ups) as listener:
+        with self._hub.listen([result_channel(key)], remote=self.wake_ups) as listener:
             delay = self.poll_min
             while True:
                 value = self.get(key)
@@ -215,7 +216,7 @@ class SQLiteStore(KeyValueStore):
 
     def _notify(self, keys: Iterable[str]) -> None:
         """After a commit: wake whoever waits for one of ``keys``, in any process."""
-        self._hub.notify({result_channel(key) for key in keys}, remote=self.wake_ups)
+        self._hub.notify(dict.fromkeys(map(result_channel, keys)), remote=self.wake_ups)
 
     # -- expiry --------------------------------------------------------------------------------
     def _written(self, count: int) -> None:

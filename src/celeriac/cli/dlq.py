@@ -117,7 +117,7 @@ def list_(state: State, limit: int) -> None:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row, letter in zip(rows, letters, strict=True):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
         click.echo("  ".join([*cells, row[3], _short(letter.reason, REASON_MAX)]))
 
 

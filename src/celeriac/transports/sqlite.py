@@ -56,7 +56,8 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from celeriac._internal.sqlite import (
@@ -69,7 +70,7 @@ from celeriac._internal.sqlite import (
     one_line,
     sqlite_path,
 )
-from celeriac._internal.wake import MESSAGES, Listener, wake_hub
+from celeriac._internal.wake import Listener, message_channel, wake_hub
 from celeriac.exceptions import EncodeError
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.base import DEFAULT_LEASE_SECONDS, DeadLetter, Delivery, Transport
@@ -259,6 +260,8 @@ class SQLiteTransport(Transport):
         #: wake consumers in other processes through sockets (``celeriac._internal.wake``)
         self.wake_ups = flag(opts.get("wake", True))
         self._hub = wake_hub(self.path)
+        #: the listeners of this transport's waiting fetches (``wake`` pokes them)
+        self._listeners: set[Listener] = set()
         self._woken = threading.Event()
         #: whether the last fetch filled its limit (then the next one claims before listening)
         self._busy = True
@@ -273,7 +276,7 @@ class SQLiteTransport(Transport):
         now = time.time()
         rows = [self._row(queue, message, eta, now) for queue, message, eta in items]
         self._db.write(lambda conn: conn.executemany(_INSERT, rows))
-        self._notify()
+        self._notify(Counter(queue for queue, _, _ in items))
 
     @staticmethod
     def _row(queue: str, message: RawMessage, eta: float | None, now: float) -> tuple[Any, ...]:
@@ -304,8 +307,13 @@ class SQLiteTransport(Transport):
             if deliveries or self._done(deadline):
                 self._busy = len(deliveries) >= limit
                 return deliveries
-        with self._hub.listen(MESSAGES, remote=self.wake_ups) as listener:
-            deliveries = self._wait(names, limit, deadline, listener)
+        channels = [message_channel(name) for name in names]
+        with self._hub.listen(channels, remote=self.wake_ups, forward=True) as listener:
+            self._listeners.add(listener)
+            try:
+                deliveries = self._wait(names, limit, deadline, listener)
+            finally:
+                self._listeners.discard(listener)
         self._busy = len(deliveries) >= limit
         return deliveries
 
@@ -335,6 +343,8 @@ class SQLiteTransport(Transport):
             if due is not None and due <= time.time():
                 deliveries, due = self._claim_ready(names, limit)
                 if deliveries:
+                    if len(deliveries) >= limit:
+                        listener.pass_on()  # more may be ready: let another consumer look
                     return deliveries
             if self._done(deadline):
                 return []
@@ -418,24 +428,28 @@ class SQLiteTransport(Transport):
         conn.execute(_TO_DEAD, (reason, now, row_id))
         return conn.execute("DELETE FROM celeriac_messages WHERE id = ?", (row_id,)).rowcount
 
-    def _held(self, sql: str, params: Iterable[tuple[Any, ...]], *, notify: bool = False) -> None:
+    def _held(
+        self, sql: str, params: Iterable[tuple[Any, ...]], *, wake: Sequence[str] = ()
+    ) -> None:
+        """Run ``sql`` for each of ``params``; then wake consumers of the ``wake`` queues (one
+        per message)."""
         rows = list(params)
         if rows:
             self._db.write(lambda conn: conn.executemany(sql, rows))
-            if notify:
-                self._notify()
+            if wake:
+                self._notify(Counter(wake))
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         keys = [k for k in map(_handle, deliveries) if k is not None]
         self._held(f"DELETE FROM celeriac_messages WHERE {_HELD}", keys)
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        keys = [k for k in map(_handle, deliveries) if k is not None]
+        ours = [(d.queue, k) for d in deliveries if (k := _handle(d)) is not None]
         sql = (
             "UPDATE celeriac_messages SET state = 0, redelivered = 1, lease_token = NULL, "
             f"lease_owner = NULL, delivery_count = max(delivery_count - 1, 0) WHERE {_HELD}"
         )
-        self._held(sql, keys, notify=True)
+        self._held(sql, [k for _, k in ours], wake=[queue for queue, _ in ours])
 
     def defer(self, delivery: Delivery, eta: float) -> None:
         key = _handle(delivery)
@@ -443,7 +457,8 @@ class SQLiteTransport(Transport):
             "UPDATE celeriac_messages SET state = 1, visible_at = ?, lease_token = NULL, "
             f"lease_owner = NULL, delivery_count = max(delivery_count - 1, 0) WHERE {_HELD}"
         )
-        self._held(sql, [] if key is None else [(eta, *key)], notify=True)
+        # the consumer that wakes looks again and waits until the new due time
+        self._held(sql, [] if key is None else [(eta, *key)], wake=[delivery.queue])
 
     def renew(self, deliveries: Sequence[Delivery]) -> None:
         expires = time.time() + self.lease_seconds
@@ -502,27 +517,33 @@ class SQLiteTransport(Transport):
     def requeue_dead_letters(self, ids: Sequence[str] | None = None) -> int:
         where, params = _id_list(ids)
 
-        def move(conn: sqlite3.Connection) -> int:
+        def move(conn: sqlite3.Connection) -> dict[str, int]:
+            sql = f"SELECT queue, count(*) FROM celeriac_dead_letters WHERE {where} GROUP BY queue"
+            counts = dict(conn.execute(sql, params).fetchall())
             conn.execute(_FROM_DEAD.format(where=where), (time.time(), *params))
-            return conn.execute(f"DELETE FROM celeriac_dead_letters WHERE {where}", params).rowcount
+            conn.execute(f"DELETE FROM celeriac_dead_letters WHERE {where}", params)
+            return counts
 
         moved = self._db.write(move)
         if moved:
-            self._notify()
-        return moved
+            self._notify(moved)
+        return sum(moved.values())
 
     def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
         where, params = _id_list(ids)
         sql = f"DELETE FROM celeriac_dead_letters WHERE {where}"
         return self._db.write(lambda conn: conn.execute(sql, params).rowcount)
 
-    def _notify(self) -> None:
-        """After a commit that made messages ready: wake the consumers waiting on the file."""
-        self._hub.notify((MESSAGES,), remote=self.wake_ups)
+    def _notify(self, queues: Mapping[str, int]) -> None:
+        """After a commit that queued messages: wake as many consumers of each queue (in any
+        process) as it has new messages (see ``celeriac._internal.wake``)."""
+        wanted = {message_channel(queue): count for queue, count in queues.items()}
+        self._hub.notify(wanted, remote=self.wake_ups)
 
     def wake(self) -> None:
         self._woken.set()
-        self._hub.poke(MESSAGES)
+        for listener in list(self._listeners):
+            listener.poke()
 
     def close(self) -> None:
         self.wake()

@@ -14,8 +14,9 @@ Dispatch (per delivery)
 
 Batching (``IOBatch``)
     Everything the worker writes goes through one ``IOBatch``: it collects the publishes,
-    result records, acks, requeues, defers and dead letters of one loop turn and performs them
-    with one call per kind, in this order: publish, store results, then settle messages (ack,
+    result records, chord parts, acks, requeues, defers and dead letters of one loop turn and
+    performs them with one call per kind, in this order: publish, store results, join chords
+    (``worker.chords.join_chords``: may publish chord bodies), then settle messages (ack,
     requeue, defer, dead-letter). While a batch is in flight the next one accumulates, so the
     batch size follows the load. A failing call is retried with backoff (a bounded number of
     times once the worker is stopping). A result that cannot be serialised is stored as a
@@ -39,6 +40,7 @@ from celeriac._internal.timeutils import utcnow
 from celeriac.app.trace import Failed, format_exc
 from celeriac.exceptions import EncodeError
 from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
+from celeriac.worker.chords import ChordPart, join_chords
 from celeriac.worker.execution import log_extra
 from celeriac.worker.pools.base import Job, lost_for_redelivery
 from celeriac.worker.ratelimit import RateLimiter
@@ -85,6 +87,7 @@ class IOBatch:
         self._requeues: list[Delivery] = []
         self._defers: list[tuple[Delivery, float]] = []
         self._dead: list[tuple[Delivery, str]] = []
+        self._joins: list[ChordPart] = []
         self._runner: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -115,10 +118,25 @@ class IOBatch:
         self._dead.append((delivery, reason))
         self._kick()
 
+    def join(self, part: ChordPart) -> None:
+        """A chord header task's outcome (joined after the results are stored)."""
+        if self.backend is None:
+            logger.error(
+                "Chord %s: task %s cannot be joined, this worker has no result backend; the "
+                "chord body %s will not run",
+                part.group_id,
+                part.task_id,
+                part.body.get("task"),
+            )
+            return
+        self._joins.append(part)
+        self._kick()
+
     def pending(self) -> bool:
         return bool(
             self._publishes
             or self._results
+            or self._joins
             or self._acks
             or self._requeues
             or self._defers
@@ -148,12 +166,16 @@ class IOBatch:
     async def _flush(self) -> None:
         publishes, self._publishes = self._publishes, []
         results, self._results = self._results, []
+        joins, self._joins = self._joins, []
         self.batches += 1
         if publishes:
             call = functools.partial(self.transport.publish_many, publishes)
             await self._attempt("publish messages", call, len(publishes))
         if results:
             await self._attempt("store results", functools.partial(self._store, results), 0)
+        if joins and self.backend is not None:
+            call = functools.partial(join_chords, joins, self.backend, self.transport)
+            await self._attempt("join chords", call, len(joins))
         await self._settle()
 
     async def _settle(self) -> None:

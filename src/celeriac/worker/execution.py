@@ -9,7 +9,11 @@ acks, so Celery's order holds: follow-ups are sent before the result is stored (
 - ``Succeeded``: link callbacks (``embed.callbacks``) and the next chain step (``chain[-1]``,
   with ``chain[:-1]`` as its own chain; ``[]`` on the last step) are published with the return
   value prepended (unless immutable), then SUCCESS is stored, then the message is acked. A
-  follow-up that cannot be built or encoded fails the task (as in Celery).
+  follow-up that cannot be built or encoded fails the task (as in Celery). Follow-ups that are
+  workflows (group, chord, chain) are applied by the canvas (``worker.chords``).
+- Chords: a task that belongs to a chord (``embed.chord``) reports its outcome (success,
+  failure, expiry, dead letter) to the chord's join, which the sink performs after storing the
+  results and before acking (``worker.chords``).
 - ``Failed``: FAILURE (exception dict + traceback) is stored; errbacks run: a registered task
   whose function takes ``(request, exc, traceback)`` is called here, others are sent as tasks
   with ``args = [failed_task_id]``. Acked (or dead-lettered with
@@ -49,8 +53,15 @@ from celeriac.app.trace import (
     Succeeded,
     format_exc,
 )
-from celeriac.exceptions import NotRegistered, TaskRevokedError
+from celeriac.exceptions import NotRegistered, Reject, TaskRevokedError
 from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
+from celeriac.worker.chords import (
+    ChordPart,
+    abandoned_chain,
+    chord_parts,
+    plan_follow_ups,
+    store_chord_sizes,
+)
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -79,6 +90,8 @@ class Sink(Protocol):
     def requeue(self, delivery: Delivery) -> None: ...
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+    def join(self, part: ChordPart) -> None: ...
 
 
 def log_extra(task_id: str | None, task_name: str | None) -> dict[str, Any]:
@@ -175,6 +188,17 @@ class Execution:
     def _children(self, request: Request, extra: Sequence[Any] = ()) -> list[Any]:
         return [child_tuple(c) for c in request.context.children] + list(extra)
 
+    def _join(
+        self, message: TaskMessage, state: str, value: Any, traceback: str | None = None
+    ) -> None:
+        """Report the outcome to the chords the task belongs to; after a failure, store the
+        chain steps that will not run as failed too (see ``worker.chords``)."""
+        if state != states.SUCCESS and message.chain and self.store_results:
+            for meta in abandoned_chain(message, state, value, traceback):
+                self.sink.store(meta)
+        for part in chord_parts(self.app, message, state, value):
+            self.sink.join(part)
+
     def _done(self, request: Request) -> None:
         """Acknowledge the message (unless it was acknowledged before running)."""
         if not request.acked:
@@ -213,6 +237,7 @@ class Execution:
                 children=None,
                 queue=request.queue,
             )
+        self._join(request.message, states.REVOKED, exc)
         self._done(request)
         self.state.bump("revoked")
 
@@ -246,6 +271,7 @@ class Execution:
                 )
             context = from_message(message, hostname=self.hostname)
             await self._errbacks(message, context, invalid.exc, "")
+            self._join(message, states.FAILURE, invalid.exc)
         self.sink.dead_letter(invalid.delivery, invalid.reason)
         self.state.bump("dead_lettered")
 
@@ -266,7 +292,7 @@ class Execution:
 
     async def _succeeded(self, request: Request, outcome: Succeeded) -> None:
         try:
-            follow_ups = self._follow_ups(request, outcome.value)
+            follow_ups = await self._follow_ups(request, outcome.value)
         except Exception as exc:  # a callback/chain step that cannot be sent fails the task
             logger.error(
                 "Task %s[%s] returned, but its callbacks/next chain step could not be sent: %s",
@@ -294,28 +320,18 @@ class Execution:
                 children=self._children(request, follow_ups),
                 queue=request.queue,
             )
+        self._join(request.message, states.SUCCESS, outcome.value)
         self._done(request)
         self.state.bump("succeeded")
 
-    def _follow_ups(self, request: Request, value: Any) -> list[Any]:
+    async def _follow_ups(self, request: Request, value: Any) -> list[Any]:
         """Publish link callbacks, then the next chain step; returns their child tuples."""
-        message = request.message
-        app = self.app
-        publications = [
-            app.publication_from_signature(sig, args_prefix=(value,), parent=message)
-            for sig in message.callbacks or ()
-        ]
-        if message.chain:
-            *rest, step = message.chain
-            publications.append(
-                app.publication_from_signature(
-                    step, args_prefix=(value,), parent=message, chain=list(rest)
-                )
-            )
-        encoded = [(p.queue, app.encode(p.message), p.eta) for p in publications]
+        found = plan_follow_ups(self.app, request.message, value)
+        encoded = [(p.queue, self.app.encode(p.message), p.eta) for p in found.publications]
+        await store_chord_sizes(self.app, found.chord_sizes)  # before a chord's header is sent
         for queue, raw, eta in encoded:
             self.sink.publish(queue, raw, eta)
-        return [((p.message.id, None), None) for p in publications]
+        return found.children
 
     async def _failed(self, request: Request, outcome: Failed) -> None:
         exc = outcome.exc
@@ -337,6 +353,7 @@ class Execution:
                 queue=request.queue,
             )
         await self._errbacks(request.message, request.context, exc, outcome.traceback)
+        self._join(request.message, states.FAILURE, exc, outcome.traceback)
         if request.acks_late and not request.acked and not request.task.acks_on_failure_or_timeout:
             request.acked = True
             self.sink.dead_letter(
@@ -396,6 +413,8 @@ class Execution:
     def _rejected(self, request: Request, outcome: Rejected) -> None:
         extra = log_extra(request.id, request.name)
         self.state.bump("rejected")
+        if request.acked or not outcome.requeue:  # it will not run again
+            self._join(request.message, states.FAILURE, Reject(outcome.reason, outcome.requeue))
         if request.acked:
             logger.warning(
                 "Task %s[%s] rejected (%s) after its message was acknowledged (acks_late is "

@@ -12,10 +12,11 @@ import os
 import time
 from typing import Any
 
-import celeriac
-from celeriac import Celeriac
 from interop_common import Gates, backend_options, broker_options, iso, load_config, type_report
 from interop_exc import InteropError
+
+import celeriac
+from celeriac import Celeriac
 
 IMPL = "celeriac"
 
