@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Redis {info['redis_server']} on port {server.port}",
             flush=True,
         )
+        load = info["load_at_start"]
+        if load and load[0] > 0.8 * (info["cpus"] or 1) / 2:
+            print(f"warning: the machine is busy (load {load[0]}): figures will be noisy")
         runner = Runner(server, sizes)
         for round_no in range(1, sizes.rounds + 1):
             print(f"round {round_no}/{sizes.rounds}", flush=True)
@@ -212,5 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(results))
     path = report.write_json(results, args.output)
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-    print(f"\n{results['seconds']:.0f} s; JSON: {shown}")
+    print(f"\n{results['seconds']:.0f} s, load {info['load_at_start']} -> {info['load_at_end']}")
+    print(f"JSON: {shown}")
     return 1 if runner.errors else 0

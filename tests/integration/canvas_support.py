@@ -153,7 +153,7 @@ def register(app: Celeriac, tally: Tally) -> dict[str, Task[Any, Any]]:  # noqa:
         tally.record(key, value)
 
     @app.task(name="c.replacer", bind=True)
-    def replacer(self: Any, kind: str, x: int) -> int:
+    def replacer(self: Any, x: int, kind: str) -> int:
         if kind == "sig":
             return int(self.replace(add.s(x, 100)))
         if kind == "chain":

@@ -283,7 +283,8 @@ def test_a_message_that_keeps_killing_children_is_dead_lettered(
         with pytest.raises(WorkerLostError, match="delivered 3 times"):
             result.get(timeout=RESULT_TIMEOUT)
         assert pool_of(worker).counters["lost"] == 2
-    assert [d.reason for d in app.transport.dead_letters()][0].startswith("delivered 3 times")
+    (dead,) = app.transport.dead_letters()
+    assert dead.reason.startswith("delivered 3 times")
 
 
 class Unpicklable(Exception):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from celeriac import Celeriac, states
@@ -66,7 +66,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -84,6 +84,7 @@ class Project:
         def work(i: int, seconds: float) -> int:  # what the draining worker runs
             time.sleep(seconds)
             return i
+
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "worker.log"
 
@@ -125,7 +126,7 @@ class Project:
         for count, signum in enumerate(signums, 1):
             worker.send_signal(signum)
             # the next signal only once this one was handled (pending signals may coalesce)
-            wait_for(lambda n=count: self.log().count(" shutdown (") >= n, 10, "the signal")
+            wait_for(lambda n=count: self.log().count(" shutdown (") >= n, 10, "the signal")  # type: ignore[misc]
         assert self.proc is not None
         self.proc.wait(30)
         return children

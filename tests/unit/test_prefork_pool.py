@@ -83,7 +83,7 @@ def test_unpicklable_exceptions_and_values_are_replaced() -> None:
 def test_frames_are_split_whatever_the_chunks() -> None:
     data = frame(1, "one") + frame(2, {"two": 2}) + frame(3, b"x" * 70000)
     reader = FrameReader()
-    got = []
+    got: list[tuple[int, bytes]] = []
     for start in range(0, len(data), 1000):
         got += reader.feed(data[start : start + 1000])
     assert [(seq, pickle.loads(body)) for seq, body in got][:2] == [(1, "one"), (2, {"two": 2})]

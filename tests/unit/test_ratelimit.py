@@ -63,10 +63,15 @@ def test_bucket_rejects_a_non_positive_rate() -> None:
         TokenBucket(0)
 
 
-class FakeRequest:
+class _Request:
     def __init__(self, task: Any, tag: str) -> None:
         self.task = task
         self.tag = tag
+
+
+def FakeRequest(task: Any, tag: str) -> Any:
+    """What the limiter reads of a ``Request``: its task and tag."""
+    return _Request(task, tag)
 
 
 def test_limiter_holds_requests_over_the_limit_and_hands_them_back_in_order() -> None:

@@ -15,7 +15,7 @@ from celeriac import Celeriac
 from celeriac.app.context import Context
 from celeriac.app.trace import Failed, Outcome, Succeeded
 from celeriac.exceptions import ImproperlyConfigured, SoftTimeLimitExceeded, TimeLimitExceeded
-from celeriac.worker.pools import Job, Pool, create_pool
+from celeriac.worker.pools import POOLS, Job, Pool, create_pool
 from celeriac.worker.pools.base import Interruptible, run_interruptible
 from celeriac.worker.pools.threads import ThreadPool
 
@@ -112,11 +112,12 @@ def test_solo_is_concurrency_one(app: Celeriac) -> None:
     assert create_pool("solo", 8).concurrency == 1
 
 
-def test_unknown_and_missing_pools() -> None:
+def test_unknown_and_missing_pools(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImproperlyConfigured, match="Unknown pool 'gevent'"):
         create_pool("gevent", 1)
+    monkeypatch.setitem(POOLS, "gone", "celeriac.worker.pools.gone:GonePool")
     with pytest.raises(ImproperlyConfigured, match="not available"):
-        create_pool("prefork", 1)
+        create_pool("gone", 1)
 
 
 # -- soft time limits ---------------------------------------------------------------------------

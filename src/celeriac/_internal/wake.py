@@ -2,9 +2,9 @@
 
 How it works
     A thread that is about to wait (a consumer's idle ``fetch``, a client's ``wait_for_change``)
-    *listens*: it binds a Unix datagram socket in the wake directory of the database,
-    ``<database>-wake/``, named ``<channel>.<pid>.<n>.<random>`` (one hard link more per further
-    channel), and only then looks at the database once more before it waits on the socket. A
+    *listens*: it binds a Unix datagram socket in the wake directory of the database file (see
+    below), named ``<channel>.<pid>.<n>.<random>`` (one hard link more per further channel),
+    and only then looks at the database once more before it waits on the socket. A
     writer, after its transaction has committed, lists the directory and sends one byte
     (non-blocking) to listeners of the channels it wrote to. The listener removes its names when
     it stops waiting, so only threads that are waiting receive anything. Listening before
@@ -29,17 +29,20 @@ Failures cost latency, never correctness
     pending, and a stale one left by a killed process (ECONNREFUSED) is removed by the writer. A
     directory that cannot be created or used leaves only the in-process wake-ups.
 
-Addresses
-    A socket address holds about 100 bytes. When ``<database>-wake/<name>`` does not fit, Linux
-    reaches the directory as ``/proc/self/fd/<fd>/<name>`` (an open descriptor of it); other
-    systems use ``/tmp/celeriac-<hash of the database path>.wake`` instead. Without AF_UNIX
-    (Windows) there are no wake-ups across processes.
+The wake directory
+    ``/dev/shm/celeriac-<uid>/<device>.<inode of the database file>/`` (``/tmp`` where there is
+    no ``/dev/shm``): in memory, so binding and removing a socket costs microseconds, not a
+    journal write; short, so socket paths stay within their ~100 bytes; and named by the file's
+    identity, so every path to the file (relative, symlinked, bind-mounted) finds the same
+    directory. ``celeriac-<uid>`` is private to the user: processes of different users, or in
+    containers that do not share ``/dev/shm``, find each other's writes by polling only. Without
+    AF_UNIX (Windows) there are no wake-ups across processes.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import functools
 import hashlib
 import itertools
 import os
@@ -47,7 +50,6 @@ import random
 import secrets
 import socket
 import stat
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,8 +59,7 @@ from types import TracebackType
 ADDRESS_MAX = 100
 #: longest name of a listener's socket (channel, pid, counter, random part, dots)
 _NAME_MAX = 40
-_PROC_FD = Path("/proc/self/fd")
-_HAVE_UNIX = hasattr(socket, "AF_UNIX")
+_HAVE_UNIX = hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
 _WAKE = b"!"
 #: ``notify`` counts: wake this many listeners of a channel (None: all of them)
 Wanted = Mapping[str, int | None]
@@ -83,15 +84,16 @@ def channel_of(name: str) -> str:
     return name.partition(".")[0]
 
 
-@functools.cache
-def _proc_fd_usable() -> bool:
-    """Whether long socket paths can go through ``/proc/self/fd`` (Linux with /proc)."""
-    return sys.platform == "linux" and _PROC_FD.is_dir()
-
-
-def _fallback_directory(database: Path) -> Path:
-    digest = hashlib.blake2b(os.fsencode(database), digest_size=8).hexdigest()
-    return Path("/tmp") / f"celeriac-{digest}.wake"
+def _user_directory() -> Path | None:
+    """``/dev/shm/celeriac-<uid>`` (or under ``/tmp``), made private; None if unusable."""
+    base = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path("/tmp")
+    path = base / f"celeriac-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return None  # not ours: someone else made it
+    return path
 
 
 class Listener:
@@ -166,10 +168,11 @@ class Listener:
     def close(self) -> None:
         """Stop listening: unregister, remove the names, close; pass on an unused wake."""
         self._hub.unregister(self)
-        if self._pid == os.getpid():
+        directory = self._hub.directory
+        if self._pid == os.getpid() and directory is not None:
             for name in self.names:
                 with contextlib.suppress(OSError):
-                    os.unlink(self._hub.directory / name)
+                    os.unlink(directory / name)
         pending = self.forward and self._drain()
         self.sock.close()
         if self._poker is not None:
@@ -194,48 +197,37 @@ class WakeHub:
 
     def __init__(self, database: Path) -> None:
         self.database = database
-        self.directory = Path(f"{database}-wake")
-        if _HAVE_UNIX and sys.platform != "linux" and not self._fits(str(self.directory)):
-            self.directory = _fallback_directory(database)
+        self._directory: Path | None = None
+        #: no wake directory for this process (not AF_UNIX, or the user directory is unusable)
+        self._disabled = not _HAVE_UNIX
         self._lock = threading.Lock()
         self._local: dict[str, list[Listener]] = {}
         self._own: set[str] = set()
         self._counter = itertools.count(1)
         self._sender: socket.socket | None = None
         self._sender_pid = 0
-        self._dirfd: int | None = None
-        self._dirfd_pid = 0
 
-    @staticmethod
-    def _fits(prefix: str) -> bool:
-        return len(os.fsencode(prefix)) + 1 + _NAME_MAX <= ADDRESS_MAX
-
-    # -- addresses -----------------------------------------------------------------------------
-    def _prefix(self, *, reopen: bool = False) -> str:
-        """The directory as a socket address prefix (``/proc/self/fd/N`` for long paths)."""
-        direct = str(self.directory)
-        if self._fits(direct) or not _proc_fd_usable():
-            return direct
-        with self._lock:
-            if self._dirfd is not None and (reopen or self._dirfd_pid != os.getpid()):
-                if self._dirfd_pid == os.getpid():
-                    with contextlib.suppress(OSError):
-                        os.close(self._dirfd)
-                self._dirfd = None
-            if self._dirfd is None:
-                self._dirfd = os.open(direct, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-                self._dirfd_pid = os.getpid()
-            return f"{_PROC_FD}/{self._dirfd}"
-
-    def _prefix_is_stale(self) -> bool:
-        """Whether our descriptor of the directory is not the directory's path any more."""
-        fd = self._dirfd
-        if fd is None or self._dirfd_pid != os.getpid():
-            return False
+    @property
+    def directory(self) -> Path | None:
+        """The wake directory; None while the database file does not exist (or no AF_UNIX)."""
+        found = self._directory
+        if found is not None or self._disabled:
+            return found
         try:
-            return os.fstat(fd).st_ino != os.stat(self.directory).st_ino
+            info = os.stat(self.database)
         except OSError:
-            return True
+            return None  # not made yet: ask again next time
+        try:
+            user = _user_directory()
+        except OSError:
+            user = None
+        found = None if user is None else user / f"{info.st_dev:x}.{info.st_ino:x}"
+        if found is None or len(os.fsencode(str(found))) + 1 + _NAME_MAX > ADDRESS_MAX:
+            self._disabled = True
+            return None
+        self._directory = found
+        atexit.register(self.release)
+        return found
 
     def sender(self) -> socket.socket:
         """This process's unbound, non-blocking socket that sends the wakes."""
@@ -249,29 +241,37 @@ class WakeHub:
     def bind(self, channels: Sequence[str]) -> tuple[socket.socket, list[str], str] | None:
         """A socket bound in the wake directory under one name per channel (hard links):
         (socket, names, address of the first); None if that cannot be done."""
-        if not _HAVE_UNIX or not channels:
+        directory = self.directory
+        if directory is None or not channels:
             return None
         suffix = f"{os.getpid():x}.{next(self._counter):x}.{secrets.token_hex(3)}"
         names = [f"{channel}.{suffix}" for channel in channels]
+        address = str(directory / names[0])
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        for attempt in range(3):
+        for _ in range(3):
             try:
-                address = f"{self._prefix(reopen=attempt > 0)}/{names[0]}"
                 sock.bind(address)
             except FileNotFoundError:
                 with contextlib.suppress(OSError):
-                    self.directory.mkdir(parents=True, exist_ok=True)
+                    directory.mkdir(exist_ok=True)
                 continue
             except OSError:
                 break
             linked = names[:1]
             for name in names[1:]:
                 with contextlib.suppress(OSError):  # that channel then relies on polling
-                    os.link(self.directory / names[0], self.directory / name)
+                    os.link(address, directory / name)
                     linked.append(name)
             return sock, linked, address
         sock.close()
         return None
+
+    def release(self) -> None:
+        """Remove the wake directory if it is empty (when a driver closes; best effort)."""
+        directory = self._directory
+        if directory is not None and not self._own:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
     # -- listeners of this process -------------------------------------------------------------
     def listen(
@@ -321,50 +321,41 @@ class WakeHub:
                 self._send_remote(left, own)
 
     def _send_remote(self, wanted: dict[str, int | None], own: set[str]) -> None:
+        directory = self.directory
+        if directory is None:
+            return
         groups: dict[str, list[str]] = {}
         try:
-            with os.scandir(self.directory) as entries:
+            with os.scandir(directory) as entries:
                 for entry in entries:
                     channel = channel_of(entry.name)
                     if channel in wanted and entry.name not in own:
                         groups.setdefault(channel, []).append(entry.name)
         except FileNotFoundError:
             return
-        if not groups:
-            return
-        prefix = self._prefix()
-        missing = 0
         for channel, names in groups.items():
-            missing += self._send_some(prefix, names, wanted[channel])
-        if missing and self._prefix_is_stale():
-            # made anew under our descriptor: send again through a new one
-            prefix = self._prefix(reopen=True)
-            for channel, names in groups.items():
-                self._send_some(prefix, names, wanted[channel])
+            self._send_some(directory, names, wanted[channel])
 
-    def _send_some(self, prefix: str, names: list[str], count: int | None) -> int:
-        """Send to ``count`` of ``names`` (all if None) in random order; how many were gone."""
+    def _send_some(self, directory: Path, names: list[str], count: int | None) -> None:
+        """Send to ``count`` of ``names`` (all if None), in random order."""
         if count is not None and count < len(names):
             random.shuffle(names)
-        sent = missing = 0
+        sent = 0
         for name in names:
             if count is not None and sent >= count:
-                break
+                return
             try:
-                self.sender().sendto(_WAKE, f"{prefix}/{name}")
+                self.sender().sendto(_WAKE, f"{directory}/{name}")
                 sent += 1
             except BlockingIOError:
                 sent += 1  # full: a wake is pending there already
-            except FileNotFoundError:
-                missing += 1
             except ConnectionRefusedError:  # nobody bound: left by a process that was killed
-                self._remove_stale(name)
-            except OSError:  # anything else: polling covers it
+                self._remove_stale(directory / name)
+            except OSError:  # gone (ENOENT) or anything else: the next one; polling covers it
                 pass
-        return missing
 
-    def _remove_stale(self, name: str) -> None:
-        path = self.directory / name
+    @staticmethod
+    def _remove_stale(path: Path) -> None:
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)

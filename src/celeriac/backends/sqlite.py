@@ -201,6 +201,7 @@ class SQLiteStore(KeyValueStore):
         if timeout <= 0:
             return self.get(key)
         deadline = time.monotonic() + timeout
+        self._db.connection()  # the file exists: its wake directory is named after it
         # listen first, then look: a write after the look wakes the listener
         with self._hub.listen([result_channel(key)], remote=self.wake_ups) as listener:
             delay = self.poll_min
@@ -280,6 +281,7 @@ class SQLiteStore(KeyValueStore):
 
     def close(self) -> None:
         self._db.close()
+        self._hub.release()
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"

@@ -308,6 +308,7 @@ class SQLiteTransport(Transport):
                 self._busy = len(deliveries) >= limit
                 return deliveries
         channels = [message_channel(name) for name in names]
+        self._db.connection()  # the file exists: its wake directory is named after it
         with self._hub.listen(channels, remote=self.wake_ups, forward=True) as listener:
             self._listeners.add(listener)
             try:
@@ -548,6 +549,7 @@ class SQLiteTransport(Transport):
     def close(self) -> None:
         self.wake()
         self._db.close()
+        self._hub.release()
 
     def describe(self) -> str:
         return f"sqlite:///{self.path}"
