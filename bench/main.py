@@ -7,7 +7,8 @@ every job in ``bench.plan`` (each a subprocess; Celeriac and Celery alternate), 
 Options: ``--quick`` (small counts, one round: a smoke run), ``--rounds N``, ``--peers`` (Huey,
 and a "not installed" / "no adapter" note for Dramatiq, RQ, arq, taskiq), ``--only WORDS``
 (jobs whose label contains one of the comma-separated words, e.g. ``--only raw,enqueue``),
-``--no-sqlite``, ``--drain N`` (tasks per drain on Redis).
+``--no-sqlite``, ``--drain N`` (tasks per drain on Redis), ``--pools threads,asyncio,prefork``
+(Celeriac's pools for drains; ``asyncio`` is drained with results stored only).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import frameworks, imports, machine, report
-from bench.plan import Job, Sizes, round_jobs
+from bench.plan import CELERIAC_POOLS, Job, Sizes, round_jobs
 from bench.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated words: run the jobs whose label has one")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite jobs")
     parser.add_argument("--drain", type=int, metavar="N", help="tasks per drain (default 20,000)")
+    parser.add_argument(
+        "--pools", help="Celeriac's pools for drains (default: threads,asyncio[,prefork])"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
     return parser.parse_args(argv)
 
@@ -176,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.drain:
         sizes = replace(sizes, drain=args.drain)
     names, peers, notes = choose_frameworks(args.peers)
-    prefork = celeriac_has_prefork()
-    if not prefork:
-        notes.append("Celeriac has no prefork pool yet: its drain runs -P threads only")
-    jobs = select(round_jobs(names, sizes, prefork), args.only, not args.no_sqlite)
+    pools = list(CELERIAC_POOLS)
+    if celeriac_has_prefork():
+        pools.append("prefork")
+    else:
+        notes.append("Celeriac has no prefork pool yet: its drains run without it")
+    if args.pools:
+        pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+    jobs = select(round_jobs(names, sizes, pools), args.only, not args.no_sqlite)
     command = " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])])
     started = time.time()
     with RedisServer() as server:

@@ -53,17 +53,28 @@ class Job:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-#: best pool at -c N for each framework (Celeriac adds prefork when it exists)
+#: the pool of each framework for round trips and idle RSS (Celeriac drains with several)
 POOLS = {"celeriac": "threads", "celery": "prefork", "huey": "thread"}
+#: Celeriac's pools for drains, by default (prefork is added when it exists)
+CELERIAC_POOLS = ["threads", "asyncio"]
 
 
-def drain_jobs(frameworks: list[str], sizes: Sizes, celeriac_prefork: bool) -> list[Job]:
+def celeriac_pools(variant: str, available: list[str]) -> list[str]:
+    """Celeriac's pools for a drain: all of ``available`` with results stored (the headline),
+    and without asyncio for ``ignore_result`` (to keep the run near 10 minutes)."""
+    if variant == "results":
+        return available
+    return [p for p in available if p != "asyncio"] or available[:1]
+
+
+def drain_jobs(frameworks: list[str], sizes: Sizes, pools: list[str]) -> list[Job]:
+    """``pools``: Celeriac's pools to drain with (the others use ``POOLS``)."""
     jobs = []
     c = sizes.concurrency
     for variant, task in (("results", "add"), ("noresults", "add_nr")):
         for fw in frameworks:  # Celeriac's metric names its pool; the others' do not
-            pools = [POOLS[fw]] + (["prefork"] if fw == "celeriac" and celeriac_prefork else [])
-            for pool in pools:
+            fw_pools = celeriac_pools(variant, pools) if fw == "celeriac" else [POOLS[fw]]
+            for pool in fw_pools:
                 metric = f"drain.{variant}"
                 if fw == "celeriac":
                     metric += f".{pool}"
@@ -82,7 +93,7 @@ def drain_jobs(frameworks: list[str], sizes: Sizes, celeriac_prefork: bool) -> l
     return jobs
 
 
-def round_jobs(frameworks: list[str], sizes: Sizes, celeriac_prefork: bool) -> list[Job]:
+def round_jobs(frameworks: list[str], sizes: Sizes, pools: list[str]) -> list[Job]:
     """All the jobs of one round (``frameworks``: celeriac, celery, then installed peers).
 
     The raw ceiling runs after the enqueue jobs: it pushes payloads of the size they measured.
@@ -118,7 +129,7 @@ def round_jobs(frameworks: list[str], sizes: Sizes, celeriac_prefork: bool) -> l
             },
         ),
     ]  # fmt: skip
-    jobs += drain_jobs(frameworks, sizes, celeriac_prefork)
+    jobs += drain_jobs(frameworks, sizes, pools)
     for fw in frameworks:
         jobs.append(
             Job(

@@ -47,6 +47,12 @@ COMPARED = [
         versus="drain.results",
     ),
     Row(
+        "drain.results.asyncio",
+        "drain, results stored (Celeriac asyncio)",
+        "tasks/s",
+        versus="drain.results",
+    ),
+    Row(
         "drain.results.prefork",
         "drain, results stored (Celeriac prefork)",
         "tasks/s",
@@ -197,7 +203,7 @@ def targets(samples: Samples) -> list[tuple[str, str, bool | None]]:
         values = [m(x) for x in metrics if not math.isnan(m(x))]
         return max(values) if values else math.nan
 
-    drain = best("drain.results.threads", "drain.results.prefork")
+    drain = best("drain.results.threads", "drain.results.asyncio", "drain.results.prefork")
     raw_rtt = m("rtt.raw_ping")
     checks = [
         ("enqueue delay() >= 0.8x raw single LPUSH", m("enqueue.single"),

@@ -1,8 +1,9 @@
 """Fixtures of the fault-injection suite (see ``faults_harness``).
 
 - ``broker_kind``: every scenario runs on ``sqlite`` and ``redis``.
-- ``fault_env``: a factory ``fault_env(**settings) -> FaultEnv`` on that broker; at teardown it
-  kills every process the test started and deletes the test's Redis keys.
+- ``fault_env``: a factory ``fault_env(broker_url=None, **settings) -> FaultEnv`` on that broker
+  (``broker_url``: a private server instead of the shared one); at teardown it kills every
+  process the test started and deletes the test's Redis keys.
 - At the end of the session the rows the scenarios recorded are written as a markdown table to
   ``tests/faults/last_run.md`` (gitignored) and printed in the terminal summary.
 """

@@ -116,6 +116,58 @@ def test_sigkill_whole_worker_loses_nothing(
         assert_all_succeeded(env, sent)
 
 
+# -- 1b. SIGKILL inside a restore (Redis) ----------------------------------------------------------
+@pytest.mark.redis
+@pytest.mark.parametrize("broker_kind", ["redis"])
+def test_sigkill_inside_a_restore_delays_nothing(
+    fault_env: Callable[..., FaultEnv], broker_kind: str
+) -> None:
+    """A Redis worker killed while it held ``unacked_mutex`` (restoring expired deliveries) leaves
+    the mutex behind until it expires; no restore runs before that. The expiry must not push the
+    recovery past the lease (SQLite has no such mutex: leases are taken back inside the claiming
+    transaction)."""
+    import redis
+
+    from celeriac.transports.redis_keys import RedisOptions
+
+    options = {"visibility_timeout": LEASE}
+    env = fault_env(broker_transport_options=options)
+    count = scale(100, 400)
+    with diagnostics(env):
+        worker = env.worker(concurrency=8).wait_ready()
+        sent = env.send_work(count, durations(count))
+        env.wait_finished_count(sent, count // 4, timeout=120)
+        worker.kill()
+        # what a worker killed inside a restore leaves: the mutex, with the expiry it set
+        expire = RedisOptions.from_options(options, LEASE).unacked_mutex_expire
+        with redis.Redis.from_url(env.broker.url) as client:
+            client.set(f"{env.broker.prefix}unacked_mutex", "dead", px=int(expire * 1000))
+        killed = env.tally(sent).in_flight()
+        assert killed
+        worker = env.worker(concurrency=8)
+        started = worker.started_at
+        worker.wait_ready()
+        wait_for(lambda: killed <= env.tally(sent).finished(), 60, "the killed tasks to run again")
+        finishes = [e.at for e in env.events() if e.kind == "D" and e.task_id in killed]
+        recovery = max(finishes) - started
+        env.wait_finished(sent, timeout=120)
+        env.stop_workers()
+        tally = env.tally(sent)
+        record_row(
+            Row(
+                "1b. SIGKILL inside a restore",
+                broker_kind,
+                count,
+                len(tally.lost()),
+                tally.duplicated(),
+                f"killed tasks re-ran {recovery:.1f} s after the new worker started",
+                f"unacked_mutex left behind (expires in {expire:g} s); lease {LEASE:g} s",
+            )
+        )
+        assert tally.lost() == []
+        assert recovery <= RERUN_BOUND, recovery
+
+
 # -- 2. SIGKILL of one pool child ------------------------------------------------------------------
 @pytest.mark.skipif(not HAS_PREFORK, reason=NO_PREFORK)
 def test_sigkill_one_pool_child(fault_env: Callable[..., FaultEnv], broker_kind: str) -> None:

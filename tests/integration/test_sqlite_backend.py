@@ -5,6 +5,7 @@ waiting, and sharing the file with the broker and with other processes.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from celeriac._internal.wake import wake_hub
 from celeriac.backends.sqlite import SQLiteStore
 from celeriac.backends.urls import create_store
 from celeriac.exceptions import ImproperlyConfigured, OperationalError
@@ -212,6 +214,67 @@ def test_a_set_in_another_process_is_seen_within_the_polling_interval(db: Path) 
         child.join(30)
         store.close()
     assert child.exitcode == 0
+
+
+def _set_when_waited_for(url: str, directory: str, sent: Any) -> None:
+    """In another process: set "k" once a waiter listens (its socket is in the directory)."""
+    store = SQLiteStore(url)
+    deadline = time.monotonic() + 30
+    while not (os.path.isdir(directory) and os.listdir(directory)):
+        assert time.monotonic() < deadline, "nobody waited"
+        time.sleep(0.01)
+    time.sleep(0.1)  # it is waiting on its socket by now (and would wait 30 s for a poll)
+    sent.value = time.time()
+    store.set("k", b"from afar", None)
+    store.close()
+
+
+def test_a_set_in_another_process_wakes_a_waiter_at_once(db: Path) -> None:
+    url = f"sqlite:///{db}"
+    store = SQLiteStore(url, options={"polling_interval": 30.0})
+    store.poll_min = 30.0  # only a wake can end this wait early
+    store.get("k")  # the file exists: so does its wake directory name
+    directory = wake_hub(store.path).directory
+    assert directory is not None
+    ctx = multiprocessing.get_context("spawn")
+    sent = ctx.Value("d", 0.0)
+    child = ctx.Process(target=_set_when_waited_for, args=(url, str(directory), sent))
+    child.start()
+    try:
+        value = store.wait_for_change("k", None, 20)
+        received = time.time()
+    finally:
+        child.join(30)
+        store.close()
+    assert child.exitcode == 0
+    assert value == b"from afar"
+    assert received - sent.value < 1.0, "woken by polling, not by the set"
+
+
+def test_a_set_wakes_only_the_waiters_of_its_key(make: Callable[..., SQLiteStore]) -> None:
+    watcher, writer = make(polling_interval=30.0), make()
+    watcher.poll_min = 30.0
+    reads = 0
+    original = watcher.mget
+
+    def counting(keys: Any) -> list[bytes | None]:
+        nonlocal reads
+        reads += 1
+        return original(keys)
+
+    watcher.mget = counting  # type: ignore[method-assign]
+    result: list[bytes | None] = []
+    thread = threading.Thread(target=lambda: result.append(watcher.wait_for_change("k", None, 20)))
+    thread.start()
+    thread.join(0.2)
+    looked = reads
+    writer.set_many([("other", b"x", None), ("another", b"y", None)])
+    writer.delete(["other"])
+    thread.join(0.2)
+    assert thread.is_alive() and reads == looked
+    writer.incr("k")
+    thread.join(SOON)
+    assert result == [b"1"]
 
 
 def _bump(url: str, times: int, out: Any) -> None:

@@ -1,5 +1,6 @@
 """The SQLite broker beyond the shared contract suite: the file, corrupt rows, locking, threads,
-fork, and the idle behaviour of ``fetch``. Cross-process tests are in test_sqlite_multiprocess.py.
+fork, the idle behaviour of ``fetch`` and its wake-ups. Load across processes is tested in
+test_sqlite_multiprocess.py, real workers in test_sqlite_e2e.py.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from celeriac._internal.wake import message_channel, wake_hub
 from celeriac.exceptions import EncodeError, ImproperlyConfigured, OperationalError
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.base import Delivery
@@ -304,6 +307,134 @@ def test_wake_before_fetch_ends_the_next_empty_wait(transport: SQLiteTransport) 
     assert time.monotonic() - start < 1.0
 
 
+# -- wake-ups across processes (celeriac._internal.wake) -------------------------------------------
+LONG_POLL = {"polling_interval": 30.0, "polling_interval_min": 30.0}
+
+
+def _publish_when_listened(url: str, directory: str, sent: Any) -> None:
+    """In another process: publish once the consumer listens (its socket is in the directory)."""
+    producer = SQLiteTransport(url)
+    deadline = time.monotonic() + 30
+    while not (os.path.isdir(directory) and os.listdir(directory)):
+        assert time.monotonic() < deadline, "the consumer never listened"
+        time.sleep(0.01)
+    time.sleep(0.1)  # it is waiting on the socket by now (and would wait 30 s for a poll)
+    sent.value = time.time()
+    producer.publish("q", msg("from-afar"))
+    producer.close()
+
+
+def test_a_publish_in_another_process_wakes_fetch_at_once(
+    make: Callable[..., SQLiteTransport], db: Path
+) -> None:
+    consumer = make(options=LONG_POLL)
+    assert consumer.fetch(["q"], 1, 0) == []  # the file exists: so does its wake directory name
+    directory = wake_hub(consumer.path).directory
+    assert directory is not None
+    ctx = multiprocessing.get_context("spawn")
+    sent = ctx.Value("d", 0.0)
+    child = ctx.Process(
+        target=_publish_when_listened, args=(f"sqlite:///{db}", str(directory), sent)
+    )
+    child.start()
+    try:
+        got = consumer.fetch(["q"], 1, 20.0)
+        received = time.time()
+    finally:
+        child.join(30)
+    assert child.exitcode == 0
+    assert bodies(got) == ["from-afar"]
+    assert received - sent.value < 1.0, "woken by polling, not by the publish"
+
+
+def test_a_publish_wakes_as_many_idle_consumers_as_it_has_messages(
+    make: Callable[..., SQLiteTransport],
+) -> None:
+    producer = make()
+    consumers = [make(options=LONG_POLL) for _ in range(3)]
+    claims = Counter[int]()
+    results: list[list[Delivery]] = []
+
+    def consume(index: int) -> None:
+        consumer = consumers[index]
+        claim = consumer._claim_ready
+
+        def counting(names: list[str], limit: int) -> Any:
+            claims[index] += 1
+            return claim(names, limit)
+
+        consumer._claim_ready = counting  # type: ignore[method-assign]
+        results.append(consumer.fetch(["q"], 10, 20.0))
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    hub = wake_hub(producer.path)
+    channel = message_channel("q")
+    wait_until(lambda: len(hub._local.get(channel, ())) == 3, "3 waiting consumers")
+    claims.clear()  # (the first look of each fetch claims)
+    producer.publish("q", msg("one"))
+    wait_until(lambda: len(results) == 1, "one consumer to return")
+    time.sleep(0.2)
+    assert sum(claims.values()) == 1, "a message for one consumer woke several"
+    producer.publish_many([("q", msg("two"), None), ("q", msg("three"), None)])
+    wait_until(lambda: sum(claims.values()) == 3, "the two others to look")
+    wait_until(lambda: sum(map(len, results)) == 3, "all three messages")
+    time.sleep(0.2)
+    assert sum(claims.values()) == 3
+    for consumer in consumers:
+        consumer.wake()
+    for thread in threads:
+        thread.join(SOON)
+    assert sorted(b for got in results for b in bodies(got)) == ["one", "three", "two"]
+
+
+def test_a_wake_for_more_than_a_fetch_takes_is_passed_on(
+    make: Callable[..., SQLiteTransport],
+) -> None:
+    quiet = make(options={"wake": False})  # publishes without waking anybody
+    results: list[list[Delivery]] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        got = make(options=LONG_POLL).fetch(["q"], 1, 20.0)
+        with lock:
+            results.append(got)
+
+    threads = [threading.Thread(target=consume) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    hub = wake_hub(quiet.path)
+    channel = message_channel("q")
+    wait_until(lambda: len(hub._local.get(channel, ())) == 2, "2 waiting consumers")
+    quiet.publish_many([("q", msg("a"), None), ("q", msg("b"), None)])
+    hub.notify({channel: 1})  # one wake for two messages, to a consumer that takes one
+    for thread in threads:
+        thread.join(SOON)
+    assert sorted(b for got in results for b in bodies(got)) == ["a", "b"]
+
+
+def test_without_wake_ups_a_fetch_makes_no_socket(make: Callable[..., SQLiteTransport]) -> None:
+    consumer = make(options={"wake": False, "polling_interval": 0.05})
+    assert consumer.fetch(["q"], 1, 0) == []
+    directory = wake_hub(consumer.path).directory
+    assert directory is not None
+    seen: list[list[str]] = []
+    thread = threading.Thread(target=lambda: consumer.fetch(["q"], 1, 0.5))
+    thread.start()
+    while thread.is_alive():
+        seen.append(os.listdir(directory) if directory.exists() else [])
+        time.sleep(0.02)
+    assert not any(seen)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = SOON) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 # -- threads and processes -------------------------------------------------------------------------
 def test_fetch_and_ack_on_different_threads(transport: SQLiteTransport) -> None:
     for i in range(50):
@@ -396,10 +527,11 @@ def test_a_forked_child_opens_its_own_connection(transport: SQLiteTransport) -> 
     assert sorted(bodies(fetch_until(transport, 2))) == ["from-child", "from-parent"]
 
 
-# -- SQLite < 3.35 (no RETURNING) ------------------------------------------------------------------
-def test_claim_without_returning(make: Callable[..., SQLiteTransport], db: Path) -> None:
+# -- claiming (select, then lease by id, in one transaction) ---------------------------------------
+def test_claim_order_counts_and_corrupt_rows(
+    make: Callable[..., SQLiteTransport], db: Path
+) -> None:
     consumer, other = make(lease_seconds=0.2), make()
-    consumer.returning = other.returning = False
     for body, priority in [("p9", 9), ("p0-a", 0), ("p5", 5), ("p0-b", 0)]:
         consumer.publish("q", RawMessage(body.encode(), properties={"priority": priority}))
     corrupt(db, headers="{", priority=1)
@@ -414,7 +546,7 @@ def test_claim_without_returning(make: Callable[..., SQLiteTransport], db: Path)
     assert other.qsize("q") == 0
 
 
-def test_claim_without_returning_gives_each_message_once(
+def test_concurrent_claims_give_each_message_once(
     make: Callable[..., SQLiteTransport],
 ) -> None:
     producer = make()
@@ -424,7 +556,6 @@ def test_claim_without_returning_gives_each_message_once(
 
     def consume() -> None:
         transport = make()
-        transport.returning = False
         while True:
             got = transport.fetch(["q"], 9, 0.2)
             if not got:

@@ -1,8 +1,8 @@
 """Running a mixed fleet for the interop tests: Celery and Celeriac workers and clients.
 
 A ``Fleet`` owns one namespace on the interop Redis database: its own ``global_keyprefix``
-(broker and result backend, the same on both sides) and its own queue names. It starts what a
-test asks for, once, and keeps it until ``close()``:
+(broker and result backend, on both sides; see ``default_prefixes``) and its own queue names.
+It starts what a test asks for, once, and keeps it until ``close()``:
 
 * ``celeriac_worker()``: ``celeriac -A celeriac_app worker -P threads -c 2`` (main virtualenv),
   consuming ``<fleet>.celeriac`` and ``<fleet>.celeriac.other``;
@@ -45,12 +45,13 @@ if str(PEERS) not in sys.path:
     sys.path.insert(0, str(PEERS))
 
 
-#: Celery >= 5.5 puts "_" between the result backend's global_keyprefix and its keys unless the
-#: prefix already ends with one of ":_-."; Celery <= 5.4 always does. A prefix that does not end
-#: with a separator therefore gives the same keys in both (``<prefix>_celery-task-meta-<id>``).
-#: Celeriac prepends the option as it is (bug: .notes/interop-result-keyprefix.diff), so until
-#: that is fixed it must be given ``<prefix>_`` to share results; ``test_result_keyprefix.py``
-#: gives both sides the same value.
+#: Celery 5.7 puts "_" between the result backend's global_keyprefix and its keys unless the
+#: prefix already ends with one of ":_-." (celery/celery#9080); Celery 5.3 always does. A prefix
+#: that does not end with a separator therefore gives the same keys in both
+#: (``<prefix>_celery-task-meta-<id>``). Celeriac prepends the option as it is (bug:
+#: .notes/interop-result-keyprefix.diff), so until that is fixed it must be given ``<prefix>_``
+#: to share results (which stays right after the fix: a prefix ending with "_" is kept as it
+#: is); ``test_result_keyprefix.py`` gives both sides the same value.
 RESULT_PREFIX_WORKAROUND = True
 
 
@@ -140,9 +141,9 @@ class Proc:
         state = "running" if self.alive() else f"exited {self.popen.returncode}"
         return f"--- {self.name} (pid {self.pid}, {state}), {self.log}:\n{body}"
 
-    def wait_for_log(self, needle: str, timeout: float, after: int = 0) -> None:
+    def wait_for_log(self, needle: str, timeout: float) -> None:
         def seen() -> bool:
-            if needle in self.text()[after:]:
+            if needle in self.text():
                 return True
             if not self.alive():
                 raise AssertionError(
@@ -477,10 +478,14 @@ class Fleet:
         proc.wait_for_log(f"{hostname} ready.", 60)
         return proc
 
-    def retire(self, key: str) -> None:
-        """Forget a worker this test killed or stopped (its log stays in the diagnostics)."""
-        proc = self.procs.pop(key, None)
-        if proc is not None:
+    def retire(self, *keys: str) -> None:
+        """Stop workers (warm, all at once) or forget killed ones; their logs stay in the
+        diagnostics."""
+        procs = [p for p in (self.procs.pop(key, None) for key in keys) if p is not None]
+        for proc in procs:
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in procs:
             proc.stop()
             self.closed_procs.append(proc)
 
@@ -528,6 +533,9 @@ class Fleet:
     def close(self) -> None:
         for agent in self.agents.values():
             agent.close()
+        for proc in self.procs.values():  # all warm shutdowns at once, then wait for each
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
             proc.stop()
         for app in self.apps.values():

@@ -9,8 +9,10 @@ its Lua scripts (``.j/.s/.d/.c``), Celery 5.3 with MULTI (``.j/.s/.t``), Celeria
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -57,20 +59,33 @@ CHORD_SIZE = 1000
 def in_flight(fleet: Fleet, queue: str) -> dict[str, int]:
     """Messages of ``queue`` not yet finished: ready lists, Celeriac's delayed zset, unacked."""
     redis = fleet.redis
-    lists = sum(redis.llen(fleet.key(queue + s)) for s in ("", "\x06\x163", "\x06\x166"))
-    lists += redis.llen(fleet.key(queue + "\x06\x169"))
+    steps = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+    ready = sum(redis.llen(fleet.key(queue + step)) for step in steps)
     delayed = redis.zcard(fleet.key(queue + "\x06\x16celeriac.delayed"))
-    return {"ready": lists, "delayed": delayed, "unacked": redis.hlen(fleet.key("unacked"))}
+    held = [json.loads(v) for v in redis.hvals(fleet.key("unacked"))]
+    unacked = sum(1 for _envelope, _exchange, routing_key in held if routing_key == queue)
+    return {"ready": ready, "delayed": delayed, "unacked": unacked}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sender", ["celery", "celeriac"])
-@pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
-def test_mixed_fleet_shares_a_1000_task_chord(fleet: Fleet, version: str, sender: str) -> None:
+@pytest.fixture(scope="module", params=VERSIONS, ids=VERSION_IDS)
+def mixed(request: pytest.FixtureRequest, fleet: Fleet) -> Iterator[tuple[str, str]]:
+    """One Celeriac and one Celery worker of that version on one queue: (version, queue)."""
+    version = request.param
     celery_env(version)
     queue = f"{fleet.name}.mixed-{version}"
     fleet.celeriac_worker([queue], key=f"celeriac-mixed-{version}")
     fleet.celery_worker(version, [queue], key=f"celery-mixed-{version}")
+    yield version, queue
+    # fewer idle processes for what follows
+    fleet.retire(f"celeriac-mixed-{version}", f"celery-mixed-{version}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sender", ["celery", "celeriac"])
+def test_mixed_fleet_shares_a_1000_task_chord(
+    fleet: Fleet, mixed: tuple[str, str], sender: str
+) -> None:
+    version, queue = mixed
     client: Any = (
         fleet.celery_client(version, queue=queue)
         if sender == "celery"
@@ -92,7 +107,7 @@ def test_mixed_fleet_shares_a_1000_task_chord(fleet: Fleet, version: str, sender
     assert set(value["impls"]) == {"celery", "celeriac"}, (
         f"one worker ran the whole header: {value['impls']}"
     )
-    # nothing left that could run the body again, then count its runs
+    # nothing is left that could run the body again: then count its runs
     wait_until(
         lambda: in_flight(fleet, queue) == {"ready": 0, "delayed": 0, "unacked": 0},
         30,

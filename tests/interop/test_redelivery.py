@@ -4,7 +4,7 @@ and runs them once the visibility timeout has passed.
 
 The fleet here uses a 5 s ``visibility_timeout`` on both sides. Restores happen:
 
-* Celery 5.5+ (kombu): at startup and then every ``unacked_restore_interval`` (1 s here, with
+* Celery 5.7 (kombu 5.7): at startup and then every ``unacked_restore_interval`` (1 s here, with
   ``unacked_restore_throttle`` 1); its worker is started right after the kill and restores
   the messages by itself once they are old enough.
 * Celery 5.3 (kombu 5.3): at startup, then only every ~100 s; its worker is started once the

@@ -1,11 +1,12 @@
 """``result_backend_transport_options={'global_keyprefix': ...}`` given the same on both sides.
 
-Celery builds its result keys as ``<prefix><sep>celery-task-meta-<id>``: Celery >= 5.5 puts
-``_`` as ``<sep>`` unless the prefix already ends with one of ``:_-.`` (celery/celery#9080);
-Celery <= 5.4 always puts ``_``. So a prefix that does not end with a separator means the same
-keys for every Celery 5 (``myapp`` -> ``myapp_celery-task-meta-<id>``), and ``myapp:`` means
-``myapp:celery-task-meta-<id>`` for 5.5+ but ``myapp:_celery-task-meta-<id>`` for 5.3 (those two
-Celery versions cannot share results with such a prefix; that combination is not tested).
+Celery builds its result keys as ``<prefix><sep>celery-task-meta-<id>``: Celery 5.7 puts ``_``
+as ``<sep>`` unless the prefix already ends with one of ``:_-.`` (celery/celery#9080); Celery
+5.3 always puts ``_``. So a prefix that does not end with a separator means the same keys for
+both (``myapp`` -> ``myapp_celery-task-meta-<id>``), and ``myapp:`` means
+``myapp:celery-task-meta-<id>`` for 5.7 but ``myapp:_celery-task-meta-<id>`` for 5.3 (those two
+Celery versions cannot share results with such a prefix; Celeriac follows 5.7, and the 5.3
+combination is not tested).
 
 No worker is needed: one side writes a record through its own backend, the other reads it.
 """

@@ -203,3 +203,90 @@ def test_chord_error_names_the_dependency() -> None:
     (meta,) = done.failures
     assert meta.task_id == "b" and meta.status == states.FAILURE
     assert meta.result["exc_type"] == "ChordError"
+
+
+# -- the worker's batch ------------------------------------------------------------------------
+class RecordingTransport:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def publish_many(self, items: Sequence[Any]) -> None:
+        self.log.append(f"publish {len(items)}")
+
+    async def ack(self, deliveries: Sequence[Any]) -> None:
+        self.log.append("ack")
+
+
+class RecordingBackend(AsyncResultBackend):
+    def __init__(self, log: list[str], fail: int = 0) -> None:
+        super().__init__(ResultBackend(MemoryStore(f"memory://join-{uuid.uuid4().hex}")))
+        self.log, self.fail = log, fail
+
+    async def store_many(self, metas: Sequence[Any]) -> None:
+        self.log.append("store")
+        await super().store_many(metas)
+
+    async def chord_join_many(self, adds: Sequence[Any]) -> list[Any]:
+        self.log.append("join")
+        if self.fail:
+            self.fail -= 1
+            raise OSError("down")
+        return await super().chord_join_many(adds)
+
+
+def header_part(app: Any, index: int, size: int, group_id: str) -> Any:
+    from celeriac.protocol.message import TaskMessage
+    from celeriac.worker.chords import ChordPart
+
+    body = {"task": "t.body", "args": [], "kwargs": {}, "options": {"task_id": f"{group_id}-b"}}
+    message = TaskMessage(id=f"h{index}", task="t.h", group=group_id, group_index=index, chord=body)
+    return ChordPart(app, group_id, f"h{index}", index, states.SUCCESS, index, body, message)
+
+
+def test_the_batch_joins_after_storing_and_before_acking() -> None:
+    from celeriac import Celeriac
+    from celeriac.protocol.envelope import RawMessage
+    from celeriac.protocol.result_meta import ResultMeta
+    from celeriac.transports.base import Delivery
+    from celeriac.worker.consumer import IOBatch
+    from celeriac.worker.state import WorkerState
+
+    app = Celeriac("join", broker="memory://join-batch", backend="memory://join-batch")
+    log: list[str] = []
+
+    async def main() -> None:
+        backend = RecordingBackend(log)
+        await backend.set_chord_size("g", 2)
+        batch = IOBatch(RecordingTransport(log), backend, WorkerState())  # type: ignore[arg-type]
+        batch.publish("celery", RawMessage(b"[]"), None)
+        batch.store(ResultMeta(task_id="h0", status=states.SUCCESS, result=0))
+        batch.join(header_part(app, 0, 2, "g"))
+        batch.join(header_part(app, 1, 2, "g"))
+        batch.ack(Delivery("tag", "celery", RawMessage(b"[]")))
+        await batch.drain()
+        await backend.close()
+
+    asyncio.run(main())
+    assert log == ["publish 1", "store", "join", "publish 1", "ack"]  # the body, before the ack
+
+
+def test_a_join_that_keeps_failing_is_given_up() -> None:
+    from celeriac import Celeriac
+    from celeriac.worker.chords import JOIN_ATTEMPTS, join_chords
+
+    app = Celeriac("join", broker="memory://join-fail", backend="memory://join-fail")
+    log: list[str] = []
+
+    async def main() -> int:
+        backend = RecordingBackend(log, fail=10 * JOIN_ATTEMPTS)
+        parts = [header_part(app, 0, 1, "g2")]
+        raised = 0
+        for _ in range(JOIN_ATTEMPTS):
+            try:
+                await join_chords(parts, backend, RecordingTransport(log))  # type: ignore[arg-type]
+            except OSError:
+                raised += 1
+        await backend.close()
+        return raised
+
+    assert asyncio.run(main()) == JOIN_ATTEMPTS - 1

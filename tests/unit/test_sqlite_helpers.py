@@ -1,19 +1,20 @@
-"""Pure helpers of the SQLite drivers: URLs, reasons, backoff, row decoding, the notifier."""
+"""Pure helpers of the SQLite drivers: URLs, reasons, backoff, flags, row decoding, busy errors.
+
+The wake-ups across processes are tested in test_sqlite_wake.py.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from celeriac._internal.sqlite import flag
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.sqlite import (
     DEFAULT_FILENAME,
-    Notifier,
     backoff,
     decode_row,
     is_busy,
@@ -70,6 +71,26 @@ def test_backoff_doubles_within_bounds() -> None:
     assert backoff(0.0, 0.005, 0.2) == 0.005
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        (0, False),
+        (1, True),
+        ("false", False),
+        ("Off", False),
+        ("0", False),
+        ("no", False),
+        ("", False),
+        ("yes", True),
+        ("true", True),
+    ],
+)
+def test_flag(value: object, expected: bool) -> None:
+    assert flag(value) is expected
+
+
 def test_decode_row_round_trip() -> None:
     row = (b"application/json", b"utf-8", b'{"id": "t1"}', b'{"priority": 3}', b"[1]")
     assert decode_row(row) == RawMessage(
@@ -104,30 +125,3 @@ def test_is_busy() -> None:
     assert is_busy(coded)
     coded.sqlite_errorcode = 1
     assert not is_busy(coded)
-
-
-def test_notifier_wait_returns_on_notify() -> None:
-    notifier = Notifier()
-    seen = notifier.generation
-    # already changed: no wait at all
-    notifier.notify()
-    start = time.monotonic()
-    assert notifier.wait(seen, 10.0) == seen + 1
-    assert time.monotonic() - start < 1.0
-    # times out without a change
-    assert notifier.wait(seen + 1, 0.05) == seen + 1
-    # a notify from another thread ends the wait
-    seen = notifier.generation
-    waiting = threading.Event()
-    result: list[int] = []
-
-    def wait() -> None:
-        waiting.set()
-        result.append(notifier.wait(seen, 10.0))
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    assert waiting.wait(5)
-    notifier.notify()
-    thread.join(5)
-    assert result == [seen + 1]

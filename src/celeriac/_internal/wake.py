@@ -14,9 +14,9 @@ How it works
 Channels
     ``m<hash of the queue>`` (``message_channel``): a publish of *n* messages wakes at most *n*
     of the queue's consumers (chosen at random; this process's own first), not all of them, so
-    that idle consumers do not stampede for one message. A consumer passes a wake on to another
-    listener of its queues when it may not have used it: when it stops listening with a wake
-    still pending, and when it claimed as many messages as it asked for (more may be waiting).
+    that idle consumers do not stampede for one message. A consumer passes a wake on (the
+    transport does, see ``Listener.unused``) when it may not have used it and messages are
+    still ready.
     ``r<hash of the key>`` (``result_channel``): a result write wakes every waiter of that key.
 
     Listeners of this process are also known in memory: writes of this process and ``poke``
@@ -99,18 +99,15 @@ def _user_directory() -> Path | None:
 class Listener:
     """One waiting thread's socket; ``wait`` returns early when it is woken. A context manager.
 
-    ``forward``: pass a wake that may not have been used on to another listener (see the module
-    docstring); for channels whose writers wake only some listeners.
+    After ``close``, ``unused`` tells whether a wake came that ``wait`` did not return for.
     """
 
-    __slots__ = ("_hub", "_pid", "_poke_to", "_poker", "channels", "forward", "names", "sock")
+    __slots__ = ("_hub", "_pid", "_poke_to", "_poker", "channels", "names", "sock", "unused")
 
-    def __init__(
-        self, hub: WakeHub, channels: Sequence[str], *, remote: bool, forward: bool
-    ) -> None:
+    def __init__(self, hub: WakeHub, channels: Sequence[str], *, remote: bool) -> None:
         self._hub = hub
         self.channels = tuple(channels)
-        self.forward = forward
+        self.unused = False
         self._pid = os.getpid()
         #: its names in the wake directory (none: in-process wake-ups only)
         self.names: list[str] = []
@@ -161,24 +158,18 @@ class Listener:
             return False
         return True
 
-    def pass_on(self) -> None:
-        """Wake one other listener of each of this listener's channels."""
-        self._hub.notify(dict.fromkeys(self.channels, 1), skip=self)
-
     def close(self) -> None:
-        """Stop listening: unregister, remove the names, close; pass on an unused wake."""
+        """Stop listening: unregister, remove the names (no wake comes after), close."""
         self._hub.unregister(self)
         directory = self._hub.directory
         if self._pid == os.getpid() and directory is not None:
             for name in self.names:
                 with contextlib.suppress(OSError):
                     os.unlink(directory / name)
-        pending = self.forward and self._drain()
+        self.unused = self._drain()
         self.sock.close()
         if self._poker is not None:
             self._poker.close()
-        if pending:
-            self.pass_on()
 
     def __enter__(self) -> Listener:
         return self
@@ -274,11 +265,9 @@ class WakeHub:
                 directory.rmdir()
 
     # -- listeners of this process -------------------------------------------------------------
-    def listen(
-        self, channels: Sequence[str], *, remote: bool = True, forward: bool = False
-    ) -> Listener:
+    def listen(self, channels: Sequence[str], *, remote: bool = True) -> Listener:
         """Start listening on ``channels`` (``remote=False``: wakes from this process only)."""
-        return Listener(self, channels, remote=remote, forward=forward)
+        return Listener(self, channels, remote=remote)
 
     def register(self, listener: Listener) -> None:
         with self._lock:
@@ -300,7 +289,7 @@ class WakeHub:
         self._own = set()
 
     # -- writers -------------------------------------------------------------------------------
-    def notify(self, wanted: Wanted, *, remote: bool = True, skip: Listener | None = None) -> None:
+    def notify(self, wanted: Wanted, *, remote: bool = True) -> None:
         """Wake listeners: ``wanted`` maps a channel to how many (None: all); this process's
         listeners first, then (``remote``) other processes'. Never raises."""
         with self._lock:
@@ -312,7 +301,7 @@ class WakeHub:
             for listener in local[channel]:
                 if count is not None and woken >= count:
                     break
-                if listener is not skip and listener.poke():
+                if listener.poke():
                     woken += 1
             if count is None or woken < count:
                 left[channel] = None if count is None else count - woken

@@ -23,19 +23,17 @@ synchronous ``ResultBackend`` on one I/O thread.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
-import json
 import math
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from celeriac import states
+from celeriac.backends import joins
+from celeriac.backends.joins import JOIN_CLAIM_SECONDS, JOIN_DONE_SECONDS, JoinAdd, JoinState
 from celeriac.exceptions import DecodeError, TimeoutError
 from celeriac.protocol import serialization
 from celeriac.protocol.result_meta import (
@@ -49,70 +47,6 @@ from celeriac.protocol.result_meta import (
 )
 
 DEFAULT_RESULT_EXPIRES = 86400.0
-
-
-# -- joins (chords) ------------------------------------------------------------------------------
-#: how long a claim on a full join lasts: the claimant fires the body well within it; a claimant
-#: that dies leaves the join to a redelivered header task once it lapses
-JOIN_CLAIM_SECONDS = 30.0
-#: how long a completed join stays marked "done" (late duplicates are ignored), as Celery 5.7
-JOIN_DONE_SECONDS = 300.0
-#: suffixes of a join's keys after ``celery-taskset-meta-<group_id>`` (spec §5.5)
-JOIN_SUFFIXES = (".j", ".t", ".s", ".d", ".c")
-_JOIN_LOCK = threading.RLock()
-
-
-@dataclass(frozen=True, slots=True)
-class JoinAdd:
-    """One member reported to the join ``key`` (a chord header task that finished)."""
-
-    key: str  # the join's base key, e.g. "celery-taskset-meta-<group_id>"
-    member: str  # added once: "<task_id>:<group_index>"
-    score: float  # the order of its value (group_index; inf when unknown)
-    value: bytes  # the entry
-    token: str  # the caller's claim token (the same on a retried call)
-    claim_now: bool = False  # claim before the join is full (a failure ends a chord early)
-
-
-@dataclass(frozen=True, slots=True)
-class JoinState:
-    """The join after one ``JoinAdd``."""
-
-    count: int  # members in the join; -1 when the join was already completed
-    total: int | None  # members expected (size + adjustment); None while no size is stored
-    claimed: bool  # the caller holds the claim: it must complete the join (join_finish)
-
-
-def join_decision(
-    count: int,
-    size: bytes | None,
-    adjust: bytes | None,
-    claim: bytes | None,
-    add: JoinAdd,
-    added: bool,
-) -> tuple[int | None, bool]:
-    """(total, whether ``add``'s caller may take the claim) for drivers without a script.
-
-    ``claim_now`` counts only for a member added now: a failure reported again after its task
-    had succeeded (a redelivery) must not end the chord.
-    """
-    if size is None:
-        return None, False
-    total = int(size) + int(adjust or 0)
-    if count < total and not (add.claim_now and added):
-        return total, False
-    return total, claim is None or claim == add.token.encode()
-
-
-def _join_member_record(payload: bytes | None) -> dict[str, list[Any]]:
-    if payload is None:
-        return {}
-    data: dict[str, list[Any]] = json.loads(payload)
-    return data
-
-
-def _join_score(score: float) -> Any:
-    return None if math.isinf(score) else score
 
 
 class KeyValueStore(ABC):
@@ -178,44 +112,19 @@ class KeyValueStore(ABC):
         it with the same token keeps it). The join's keys expire ``expires`` seconds after the
         last add.
 
-        This default keeps the members in one record (``<key>.j``) and is atomic only within
-        this process; drivers shared between processes override it.
+        This default (``celeriac.backends.joins``) keeps the members in one record and is
+        atomic only within this process; drivers shared between processes override it.
         """
-        with _JOIN_LOCK:
-            return [self._join_add(add, expires, claim_seconds) for add in adds]
-
-    def _join_add(self, add: JoinAdd, expires: float | None, claim_seconds: float) -> JoinState:
-        key = add.key
-        size, adjust, claim, record = self.mget([f"{key}.s", f"{key}.t", f"{key}.c", f"{key}.j"])
-        if claim == b"done":
-            return JoinState(-1, None, False)
-        members = _join_member_record(record)
-        added = add.member not in members
-        if added:
-            value = base64.b64encode(add.value).decode("ascii")
-            members[add.member] = [_join_score(add.score), value]
-            self.set(f"{key}.j", json.dumps(members).encode("ascii"), expires)
-        total, claimable = join_decision(len(members), size, adjust, claim, add, added)
-        if claimable:
-            self.set(f"{key}.c", add.token.encode(), claim_seconds)
-        return JoinState(len(members), total, claimable)
+        return joins.add_many(self, adds, expires, claim_seconds)
 
     def join_values(self, key: str) -> list[bytes]:
         """The values of the join ``key``, ordered by score."""
-        members = _join_member_record(self.get(f"{key}.j"))
-        ordered = sorted(members.values(), key=lambda m: math.inf if m[0] is None else m[0])
-        return [base64.b64decode(value) for _, value in ordered]
+        return joins.values(self, key)
 
     def join_finish(self, key: str, token: str, done_expires: float) -> bool:
         """If ``token`` holds the claim (or the join is done already): delete the join's members
         and size, and mark it done for ``done_expires`` seconds. False when another holds it."""
-        with _JOIN_LOCK:
-            claim = self.get(f"{key}.c")
-            if claim not in (token.encode(), b"done"):
-                return False
-            self.delete([f"{key}.j", f"{key}.t", f"{key}.s", f"{key}.d"])
-            self.set(f"{key}.c", b"done", done_expires)
-            return True
+        return joins.finish(self, key, token, done_expires)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections/files. Idempotent."""

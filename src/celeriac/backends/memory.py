@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from celeriac.backends.base import JoinAdd, JoinState, KeyValueStore, join_decision
+from celeriac.backends.base import KeyValueStore
+from celeriac.backends.joins import JoinAdd, JoinState, join_decision
 from celeriac.exceptions import DecodeError
 
 __all__ = ["MemoryStore", "reset_stores", "store_name"]

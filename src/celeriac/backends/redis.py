@@ -70,7 +70,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 
-from celeriac.backends.base import AsyncKeyValueStore, JoinAdd, JoinState, KeyValueStore
+from celeriac.backends.base import AsyncKeyValueStore, KeyValueStore
+from celeriac.backends.joins import JoinAdd, JoinState
 from celeriac.exceptions import ImproperlyConfigured, OperationalError
 
 logger = logging.getLogger(__name__)

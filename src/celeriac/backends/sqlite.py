@@ -6,11 +6,11 @@ URL
     It may be the broker's file: the tables do not overlap.
 
 Options (``result_backend_transport_options``)
-    ``busy_timeout`` (s, default 10) and ``synchronous`` (default ``NORMAL``) as for the broker;
-    ``polling_interval`` (s, default 0.1): the longest pause of ``wait_for_change`` between two
-    reads (pauses start at 2 ms and double); ``cleanup_every`` (default 1000): expired rows are
-    deleted after that many writes of this process (and on its first write), so no beat is
-    needed; ``cleanup()`` does it at once.
+    ``busy_timeout`` (s, default 10), ``synchronous`` (default ``NORMAL``) and ``wake`` (default
+    True) as for the broker; ``polling_interval`` (s, default 0.1): the longest pause of
+    ``wait_for_change`` between two reads (pauses start at 2 ms and double); ``cleanup_every``
+    (default 1000): expired rows are deleted after that many writes of this process (and on its
+    first write), so no beat is needed; ``cleanup()`` does it at once.
 
 Table (created on first use; ``PRAGMA user_version`` as for the broker)::
 
@@ -23,8 +23,11 @@ Guarantees
     Writes are short ``BEGIN IMMEDIATE`` transactions in WAL mode (readers never wait). An expired
     row is invisible to ``get``/``mget``/``incr`` before it is deleted. ``incr`` is atomic across
     processes; the counter is stored as ASCII digits, as Redis does. ``wait_for_change`` does
-    not spin: a ``set`` in the same process wakes it at once, other processes' writes are seen
-    within the polling pause.
+    not spin: it binds a Unix datagram socket for its key in the file's wake directory (see
+    ``celeriac.transports.sqlite`` and ``celeriac._internal.wake``), reads once more, and waits;
+    a committed ``set``/``set_many``/``incr``/``delete`` of that key, in any process, sends it
+    one byte (about a millisecond from commit to return), and it still reads after pauses
+    that double up to ``polling_interval`` in case a wake is lost.
 
 Chord joins (``join_add_many``, one transaction for a batch of adds)
     Rows of the same table: each member at ``<key>.j:<score, 19 digits or ~>:<member>`` (so a
@@ -43,7 +46,8 @@ from typing import Any
 
 from celeriac._internal.sqlite import SQLiteDatabase, backoff, flag, sqlite_path
 from celeriac._internal.wake import result_channel, wake_hub
-from celeriac.backends.base import JoinAdd, JoinState, KeyValueStore, join_decision
+from celeriac.backends.base import KeyValueStore
+from celeriac.backends.joins import JoinAdd, JoinState, join_decision
 from celeriac.exceptions import OperationalError
 
 SCHEMA = (
@@ -252,8 +256,7 @@ class SQLiteStore(KeyValueStore):
 
     def join_values(self, key: str) -> list[bytes]:
         sql = (
-            f"SELECT value FROM celeriac_results WHERE key > ? AND key < ? AND {_LIVE} "
-            "ORDER BY key"
+            f"SELECT value FROM celeriac_results WHERE key > ? AND key < ? AND {_LIVE} ORDER BY key"
         )
 
         def read(conn: sqlite3.Connection) -> list[bytes]:

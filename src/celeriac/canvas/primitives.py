@@ -91,7 +91,7 @@ class chain(Signature[Any]):
     def clone(
         self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
     ) -> chain:
-        sig = chain([t.clone() for t in self.tasks], app=self._app, **copy_options(self.options))
+        sig = chain(self.tasks, app=self._app, **copy_options(self.options))  # copies the parts
         _finish_copy(sig, self, args, opts)
         return sig
 
@@ -242,7 +242,7 @@ class group(Signature[Any]):
     def clone(
         self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
     ) -> group:
-        sig = group([t.clone() for t in self.tasks], app=self._app, **copy_options(self.options))
+        sig = group(self.tasks, app=self._app, **copy_options(self.options))  # copies the parts
         _finish_copy(sig, self, args, opts)
         return sig
 
@@ -304,8 +304,19 @@ class group(Signature[Any]):
         for key in ("root_id", "parent_id"):
             if getattr(at, key):
                 opts[key] = getattr(at, key)
+        return self._plan_members(plan, result, args, kwargs, opts)
+
+    def _plan_members(
+        self,
+        plan: Plan,
+        result: GroupResult[Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> GroupResult[Any]:
+        """The members' calls, once the group is frozen (``result``)."""
         member_args = partial_args(self, args)
-        result.results = [m._plan(plan, member_args, kwargs, opts) for m in self.tasks]
+        result.results = [m._plan(plan, member_args, kwargs, options) for m in self.tasks]
         return result
 
     def apply_async(  # type: ignore[override]
@@ -417,8 +428,8 @@ class chord(Signature[Any]):
     def clone(
         self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
     ) -> chord:
-        body = self.body.clone() if self.body is not None else None
-        sig = chord(self.header.clone(), body, app=self._app, **copy_options(self.options))
+        options = copy_options(self.options)
+        sig = chord(self.header, self.body, app=self._app, **options)  # copies the parts
         _finish_copy(sig, self, args, opts)
         return sig
 
@@ -432,6 +443,10 @@ class chord(Signature[Any]):
     def _freeze(self, _id: str | None, at: Membership) -> Any:
         """The body first (it reports to an enclosing chord, if any), then the header, whose
         tasks carry the frozen body in ``embed.chord``."""
+        return self._freeze_parts(_id, at)[0]
+
+    def _freeze_parts(self, _id: str | None, at: Membership) -> tuple[Any, GroupResult[Any]]:
+        """(the body's result, the header's)."""
         from celeriac._internal.ids import new_id
 
         body = self._required_body()
@@ -442,7 +457,7 @@ class chord(Signature[Any]):
         body_result = body._freeze(_id, body_at)
         header_result = header._freeze(gid, Membership(None, body, at.root_id, at.parent_id, 0))
         root_of(body_result).parent = header_result
-        return body_result
+        return body_result, header_result
 
     def _join_count(self) -> int:
         return int(self._required_body()._join_count())
@@ -459,7 +474,7 @@ class chord(Signature[Any]):
         opts = {**copy_options(self.options), **options}
         task_id, at = pop_frozen(opts)
         self._to_body(body, opts)
-        result = self._freeze(task_id, at)
+        result, header_result = self._freeze_parts(task_id, at)
         header = self.header
         size = header._join_count()
         if not size:  # nothing will ever join: the body runs now, with no results
@@ -467,7 +482,7 @@ class chord(Signature[Any]):
             return result
         plan.chord_sizes.append((str(header.id), size))
         header_kwargs = {**self.kwargs.get("kwargs", {}), **kwargs}
-        header._plan(plan, partial_args(self, args), header_kwargs, opts)
+        header._plan_members(plan, header_result, partial_args(self, args), header_kwargs, opts)
         return result
 
     @staticmethod

@@ -14,8 +14,8 @@ URLs
 Options (``broker_transport_options``, Celery's names)
     ``visibility_timeout`` (the lease; default ``lease_seconds``, 60 s), ``priority_steps``
     (``[0, 3, 6, 9]``), ``sep`` (``"\\x06\\x16"``), ``global_keyprefix`` (on every key),
-    ``unacked_key``/``unacked_index_key``/``unacked_mutex_key``, ``unacked_mutex_expire`` (30 s),
-    ``unacked_restore_interval`` (min(5 s, lease/4)), ``socket_timeout``,
+    ``unacked_key``/``unacked_index_key``/``unacked_mutex_key``, ``unacked_mutex_expire``
+    (min(30 s, lease)), ``unacked_restore_interval`` (min(5 s, lease/4)), ``socket_timeout``,
     ``socket_connect_timeout``, ``socket_keepalive``, ``retry_on_timeout``, ``max_connections``,
     ``health_check_interval``, ``client_name``, ``username``/``password``; reconnecting (see
     ``redis_client``): ``max_retries`` (3, redis-py's per command), ``interval_start`` (0.05 s),

@@ -92,6 +92,9 @@ class RedisOptions:
             raise ImproperlyConfigured(f"priority_steps must start at 0, not {steps!r}")
         policy = {**options, **dict(options.get("retry_policy") or {})}
         restore = options.get("unacked_restore_interval", min(5.0, vt / 4))
+        # a restorer that dies holding the mutex blocks every restore until it expires: within
+        # the lease it delays nothing (the dead worker's messages are not due before that)
+        mutex_expire = options.get("unacked_mutex_expire", min(30.0, vt))
         return cls(
             visibility_timeout=vt,
             priority_steps=steps,
@@ -100,7 +103,7 @@ class RedisOptions:
             unacked_key=str(options.get("unacked_key", "unacked")),
             unacked_index_key=str(options.get("unacked_index_key", "unacked_index")),
             unacked_mutex_key=str(options.get("unacked_mutex_key", "unacked_mutex")),
-            unacked_mutex_expire=float(options.get("unacked_mutex_expire", 30.0)),
+            unacked_mutex_expire=float(mutex_expire),
             unacked_restore_interval=float(restore),
             poll_interval=max(0.01, float(options.get("poll_interval", 1.0))),
             delayed_batch=int(options.get("delayed_batch", 100)),

@@ -8,11 +8,13 @@ URL
 
 Options (``broker_transport_options``; unknown keys are ignored, other drivers have their own)
     ``busy_timeout`` (s, default 10): how long a statement waits for another process's write
-    lock before ``OperationalError``; locked/busy errors are retried within that time.
-    ``polling_interval`` (s, default 0.1): the longest pause of an idle ``fetch`` between two
-    looks at the file; ``polling_interval_min`` (s, default 0.005) the first pause. Pauses double
-    while nothing arrives. ``synchronous`` (default ``NORMAL``): SQLite's ``PRAGMA synchronous``
-    (``FULL`` also survives power loss, at a cost per commit).
+    lock before ``OperationalError``; locked/busy errors are retried within that time, after
+    pauses from 0.1 ms doubling to 5 ms. ``wake`` (default True): wake-ups across processes
+    (below); False leaves polling only. ``polling_interval`` (s, default 0.1): the longest pause
+    of an idle ``fetch`` between two looks at the file; ``polling_interval_min`` (s, default
+    0.005) the first pause. Pauses double while nothing arrives. ``synchronous`` (default
+    ``NORMAL``): SQLite's ``PRAGMA synchronous`` (``FULL`` also survives power loss, at a cost
+    per commit).
 
 Tables (created on first use; ``PRAGMA user_version`` is the layout version, shared with the
 result store of ``celeriac.backends.sqlite`` when both use one file)::
@@ -32,18 +34,28 @@ result store of ``celeriac.backends.sqlite`` when both use one file)::
 Guarantees
     Every write is one short ``BEGIN IMMEDIATE`` transaction; the file is in WAL mode, so readers
     never block writers. A fetch first makes due rows ready (delayed messages whose eta passed,
-    held messages whose lease ran out, with ``redelivered``) and then claims rows with
-    ``UPDATE ... RETURNING`` inside that transaction (SQLite < 3.35: select, update and read back
-    under the same lock): each message goes to exactly one consumer at a time, across threads
-    and processes. A lease that ran out still works for its holder (ack,
-    renew, ...) until the next fetch of any consumer takes it back. A row that cannot be decoded
-    is moved to the dead-letter table with the reason, and the fetch goes on. An idle ``fetch``
-    does not spin: it reads (never locks) the file with pauses that double up to
-    ``polling_interval`` and end early at the next due time; a publish in the same process wakes
-    it at once. Each thread gets its own connection (the worker fetches on one thread and acks on
-    another); after ``fork`` the child opens new ones. Times are wall-clock Unix times, so the
-    processes must share a clock, i.e. one machine. Not for network file systems (WAL needs
-    shared memory between the processes).
+    held messages whose lease ran out, with ``redelivered``) and then, in that transaction,
+    selects the next ready rows and leases them by id: each message goes to exactly one consumer
+    at a time, across threads and processes. A lease that ran out still works for its holder
+    (ack, renew, ...) until the next fetch of any consumer takes it back. A row that cannot be
+    decoded is moved to the dead-letter table with the reason, and the fetch goes on. Each
+    thread gets its own connection (the worker fetches on one thread and acks on another); after
+    ``fork`` the child opens new ones. Times are wall-clock Unix times, so the processes must
+    share a clock, i.e. one machine. Not for network file systems (WAL needs shared memory
+    between the processes).
+
+Waking up (``celeriac._internal.wake``)
+    An idle ``fetch`` does not spin. It binds a Unix datagram socket in the file's wake
+    directory (``/dev/shm/celeriac-<uid>/<device>.<inode>/``, one name per queue), looks at the
+    file once more, and waits on the socket. A publish (or requeue, defer, requeue of dead
+    letters), once committed, sends one byte to as many waiting consumers of the queue as it
+    has new messages, in this process or another: they claim at once (about a millisecond from
+    commit to claim across processes, instead of up to ``polling_interval``). A consumer that
+    may have been woken for a message it did not take passes the wake on. Wakes are a shortcut,
+    never a requirement: a waiting ``fetch`` still looks at the file (reading, never locking)
+    after pauses that double up to ``polling_interval`` and end early at the next due time (an
+    eta, a lease running out), so a lost wake costs latency only. While messages keep coming, a
+    consumer whose last fetch was full claims at once without a socket.
 """
 
 from __future__ import annotations
@@ -309,13 +321,16 @@ class SQLiteTransport(Transport):
                 return deliveries
         channels = [message_channel(name) for name in names]
         self._db.connection()  # the file exists: its wake directory is named after it
-        with self._hub.listen(channels, remote=self.wake_ups, forward=True) as listener:
+        with self._hub.listen(channels, remote=self.wake_ups) as listener:
             self._listeners.add(listener)
             try:
                 deliveries = self._wait(names, limit, deadline, listener)
             finally:
                 self._listeners.discard(listener)
         self._busy = len(deliveries) >= limit
+        if (listener.unused or self._busy) and self._probe(names) == 0.0:
+            # a wake may have been meant for a message this fetch did not take: pass it on
+            self._hub.notify(dict.fromkeys(channels, 1), remote=self.wake_ups)
         return deliveries
 
     def _claim_ready(self, names: list[str], limit: int) -> tuple[list[Delivery], float | None]:
@@ -344,8 +359,6 @@ class SQLiteTransport(Transport):
             if due is not None and due <= time.time():
                 deliveries, due = self._claim_ready(names, limit)
                 if deliveries:
-                    if len(deliveries) >= limit:
-                        listener.pass_on()  # more may be ready: let another consumer look
                     return deliveries
             if self._done(deadline):
                 return []

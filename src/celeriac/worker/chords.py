@@ -64,6 +64,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker.chords")
 
+#: a join that keeps failing is given up after this many attempts (the batch retries it with
+#: backoff, about a minute in all), so that one broken chord cannot stall the worker's acks
+JOIN_ATTEMPTS = 12
+
 
 @dataclass(slots=True)
 class ChordPart:
@@ -78,6 +82,7 @@ class ChordPart:
     body: dict[str, Any]  # the chord's body signature (embed.chord)
     message: TaskMessage  # the message that finished: the body's parent
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -240,7 +245,30 @@ class _Completion:
 async def join_chords(
     parts: Sequence[ChordPart], backend: AsyncResultBackend, transport: AsyncTransport
 ) -> None:
-    """Join ``parts`` (one loop turn's) and complete the chords they fill (module docstring)."""
+    """Join ``parts`` (one loop turn's) and complete the chords they fill (module docstring).
+
+    An error is raised for the caller to retry the whole call (adds are idempotent, claims are
+    kept by their token) until ``JOIN_ATTEMPTS``; then the parts are given up, logged.
+    """
+    try:
+        await _join(parts, backend, transport)
+    except Exception as exc:
+        for part in parts:
+            part.attempts += 1
+        if max(part.attempts for part in parts) < JOIN_ATTEMPTS:
+            raise
+        logger.error(
+            "Giving up joining %d chord part(s) after %d attempts (%r): chords %s may not complete",
+            len(parts),
+            JOIN_ATTEMPTS,
+            exc,
+            ", ".join(sorted({part.group_id for part in parts})),
+        )
+
+
+async def _join(
+    parts: Sequence[ChordPart], backend: AsyncResultBackend, transport: AsyncTransport
+) -> None:
     pending = list(parts)
     while pending:
         adds = [
