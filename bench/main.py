@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         load = info["load_at_start"]
-        if load and load[0] > 0.8 * (info["cpus"] or 1) / 2:
+        if load and load[0] > 0.5 * (info["cpus"] or 1):
             print(f"warning: the machine is busy (load {load[0]}): figures will be noisy")
         runner = Runner(server, sizes)
         for round_no in range(1, sizes.rounds + 1):

@@ -230,7 +230,7 @@ class WorkerProcess:
             "-c",
             str(self.concurrency),
             "-Q",
-            self.env.queue,
+            ",".join([*self.env.extra_queues, self.env.queue]),
             "-n",
             f"{self.name}@faults",
             "-l",
@@ -535,6 +535,8 @@ class FaultEnv:
         self.broker = broker
         self.reaper = reaper
         self.queue = f"faults-{uuid.uuid4().hex[:8]}"
+        #: queues the workers consume before ``queue`` (served first when they hold anything)
+        self.extra_queues: list[str] = []
         self.log = tmp / "executions.log"
         self.workers: list[WorkerProcess] = []
         self._client: Celeriac | None = None

@@ -51,7 +51,7 @@ if str(PEERS) not in sys.path:
 #: (``<prefix>_celery-task-meta-<id>``). Celeriac prepends the option as it is (bug:
 #: .notes/interop-result-keyprefix.diff), so until that is fixed it must be given ``<prefix>_``
 #: to share results (which stays right after the fix: a prefix ending with "_" is kept as it
-#: is); ``test_result_keyprefix.py`` gives both sides the same value.
+#: is); ``test_interop_keyprefix.py`` gives both sides the same value.
 RESULT_PREFIX_WORKAROUND = True
 
 

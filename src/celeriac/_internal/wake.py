@@ -51,6 +51,7 @@ import secrets
 import socket
 import stat
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -131,8 +132,9 @@ class Listener:
             sock.recv(64)
         except (TimeoutError, BlockingIOError, InterruptedError):
             return False
-        except OSError:  # closed under us: behave as a wake, the caller looks again
-            return True
+        except OSError:  # unusable socket (never seen): fall back to polling, never spin
+            time.sleep(max(timeout, 0.0))
+            return False
         self._drain()
         return True
 

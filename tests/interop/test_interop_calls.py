@@ -41,6 +41,7 @@ def test_delay_with_args_and_kwargs(pair: Pair) -> None:
     assert seen["queue"] == pair.queue, "delay() goes to the client's task_default_queue"
     assert seen["retries"] == 0
     assert seen["eta"] is None and seen["expires"] is None
+    assert str(seen["origin"]).startswith("gen"), f"client origin header: {seen['origin']!r}"
 
 
 def test_apply_async_returns_value(pair: Pair) -> None:
