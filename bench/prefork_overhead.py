@@ -2,10 +2,12 @@
 
 ``python -m bench.prefork_overhead [--jobs N] [--drain N]`` prints:
 
-- *round trip*: one no-op job at a time through the pool (``pool.run``), µs per job: for prefork
+- *round trip*: one no-op job at a time through the pool (``pool.run``, ``-c 1``): for prefork
   this is pickling the call, two pipe writes, two process wake-ups and unpickling the outcome;
-  the threads pool's figure is the same path without the processes;
-- *pipelined*: N no-op jobs handed to the pool at once (``-c 2``), µs per job;
+  the threads pool's figure is the same path with a thread instead of a process;
+- *pipelined*: N no-op jobs handed to the pool at once (``-c 2``);
+  each as µs per job of wall-clock time and of CPU time (all processes: the worker and, for
+  prefork, the fork server and its children);
 - *drain*: N no-op tasks published first, then a worker (``-c 2``) started; tasks/s from its
   start until all are acked, on the in-memory broker (pure worker cost) and on SQLite.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -43,26 +46,31 @@ def job(app: Celeriac, i: int) -> Job:
     return Job(app.tasks["bench.noop"], request)
 
 
-async def pool_figures(app: Celeriac, name: str, count: int) -> tuple[float, float]:
-    """(round trip, pipelined) in µs per job."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def pool_figure(app: Celeriac, name: str, count: int, size: int, serial: bool) -> str:
+    """µs per no-op job (wall clock, and CPU of all processes), one at a time or all at once."""
     options: dict[str, Any] = {"tasks": app.tasks} if name == "prefork" else {}
-    serial: Pool = create_pool(name, 1, **options)
-    await serial.start()
+    children_before = _children_cpu()
+    pool: Pool = create_pool(name, size, **options)
+    await pool.start()
     for i in range(200):  # warm up
-        await serial.run(job(app, i))
-    started = time.perf_counter()
-    for i in range(count):
-        await serial.run(job(app, i))
-    round_trip = (time.perf_counter() - started) / count * 1e6
-    await serial.stop()
-    pipelined: Pool = create_pool(name, 2, **options)
-    await pipelined.start()
+        await pool.run(job(app, i))
     jobs = [job(app, i) for i in range(count)]
-    started = time.perf_counter()
-    await asyncio.gather(*(pipelined.run(j) for j in jobs))
-    per_job = (time.perf_counter() - started) / count * 1e6
-    await pipelined.stop()
-    return round_trip, per_job
+    cpu, started = time.process_time(), time.perf_counter()
+    if serial:
+        for one in jobs:
+            await pool.run(one)
+    else:
+        await asyncio.gather(*(pool.run(one) for one in jobs))
+    wall = (time.perf_counter() - started) / count * 1e6
+    cpu = time.process_time() - cpu
+    await pool.stop()  # children reaped: their CPU time is counted
+    cpu = (cpu + _children_cpu() - children_before) / count * 1e6
+    return f"{wall:7.1f} µs/job wall, {cpu:6.1f} µs/job CPU"
 
 
 def drain(url: str, pool: str, count: int) -> float:
@@ -88,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     app = make_app("memory://overhead")
     for name in ("threads", "prefork"):
-        round_trip, pipelined = asyncio.run(pool_figures(app, name, args.jobs))
-        print(
-            f"{name:8} round trip {round_trip:7.1f} µs/job   pipelined -c 2 {pipelined:6.1f} µs/job"
-        )
+        one = asyncio.run(pool_figure(app, name, args.jobs, 1, serial=True))
+        many = asyncio.run(pool_figure(app, name, args.jobs, 2, serial=False))
+        print(f"{name:8} round trip -c 1: {one}")
+        print(f"{name:8} pipelined  -c 2: {many}")
     with tempfile.TemporaryDirectory() as tmp:
         for broker in ("memory", "sqlite"):
             for name in ("threads", "prefork"):

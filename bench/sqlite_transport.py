@@ -18,6 +18,7 @@ only polling (``--polling-interval``) finds other processes' writes: the figures
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import random
@@ -209,8 +210,6 @@ def add(x, y):
 
 def bench_roundtrip(tmp: Path, count: int, options: dict[str, Any]) -> list[float]:
     """``count`` sequential ``add.delay(1, 1).get()`` against a worker process (seconds each)."""
-    import json
-
     (tmp / "bench_e2e_app.py").write_text(E2E_APP)
     env = {
         **os.environ,

@@ -1,8 +1,10 @@
-"""Worker-level limits with the prefork pool on the SQLite broker: a rate limit of 10/s is held
-over 5 s without holding up other tasks; ``autoscale`` grows the pool from its minimum."""
+"""Worker-level limits on the SQLite broker (prefork) and the memory broker (other pools): a rate
+limit of 10/s is held over 5 s without holding up other tasks, rate limits apply in every pool
+and waiting requests go back at shutdown; ``autoscale`` grows the pool from its minimum."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -65,3 +67,42 @@ def test_autoscale_starts_at_the_minimum_and_grows_with_load(app: Celeriac) -> N
         pids = {r.get(timeout=20) for r in results}
         assert len(pids) == 3 and pool.counters["forked"] == 3
         assert "autoscale 1..3" in worker.banner()
+
+
+@pytest.mark.parametrize("pool", ["threads", "asyncio", "solo"])
+def test_rate_limits_apply_in_every_pool(pool: str) -> None:
+    app = Celeriac("limits-pools", broker=f"memory://rl-{pool}", backend=f"memory://rl-{pool}")
+
+    @app.task(name="t.tick", rate_limit="20/s")
+    def tick() -> float:
+        return time.monotonic()
+
+    results = [tick.delay() for _ in range(6)]
+    with start_worker(app, pool=pool, concurrency=2):
+        stamps = sorted(r.get(timeout=10) for r in results)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= 0.04, gaps  # 50 ms apart, give or take the timer's precision
+    app.close()
+
+
+def test_requests_waiting_for_a_token_go_back_to_the_queue_at_shutdown(app: Celeriac) -> None:
+    @app.task(name="t.rare", rate_limit="1/m")
+    def rare() -> None:
+        return None
+
+    results = [rare.delay() for _ in range(3)]
+    with start_worker(app, pool="prefork", concurrency=2) as worker:
+        assert worker.state.wait_for(lambda s: s.succeeded == 1 and len(s.reserved) == 2, 10)
+    assert worker.state.counters.requeued == 2
+    assert app.transport.qsize("celery") == 2
+    assert sum(r.ready() for r in results) == 1
+
+
+def test_autoscale_needs_prefork_and_sets_the_concurrency(app: Celeriac) -> None:
+    from celeriac.exceptions import ImproperlyConfigured
+    from celeriac.worker import Worker
+
+    with pytest.raises(ImproperlyConfigured, match="prefork"):
+        Worker(app, pool="threads", autoscale="4,2")
+    worker = Worker(app, pool="prefork", autoscale="4,2", prefetch_multiplier=2)
+    assert (worker.concurrency, worker.prefetch, worker.autoscale) == (4, 8, (4, 2))

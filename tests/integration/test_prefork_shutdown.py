@@ -119,10 +119,11 @@ class Project:
         return [self.client.send_task("shut.work", (i, SECONDS)).id for i in range(TASKS)]
 
     def signal_when_two_run(self, worker: psutil.Process, *signums: int) -> list[int]:
-        """Wait for two running tasks; note the children; send the signals; wait for the exit."""
+        """Wait for two running tasks; note the worker's processes; send the signals; wait for
+        the worker to exit."""
         wait_for(lambda: len(self.marked("start")) == 2, 20, "two running tasks")
         children = [c.pid for c in worker.children(recursive=True)]
-        assert len(children) == 2
+        assert len(children) == 3  # the fork server and its two children
         for count, signum in enumerate(signums, 1):
             worker.send_signal(signum)
             # the next signal only once this one was handled (pending signals may coalesce)
@@ -193,8 +194,8 @@ def test_soft_shutdown_gives_running_tasks_time_before_going_cold(project: Proje
 
 def test_children_die_with_a_killed_worker(project: Project) -> None:
     worker = project.start_worker()
-    wait_for(lambda: len(worker.children()) == 2, 10, "two children")
-    children = [c.pid for c in worker.children()]
+    children = [c.pid for c in worker.children(recursive=True)]
+    assert len(children) == 3  # the fork server and its two children
     worker.kill()
     assert project.proc is not None
     project.proc.wait(10)

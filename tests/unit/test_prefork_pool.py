@@ -188,12 +188,12 @@ def test_pool_autoscale_grows_with_load_and_shrinks_when_idle(app: Celeriac) -> 
         return os.getpid()
 
     async def scenario() -> tuple[int, int, int, set[int]]:
-        pool = PreforkPool(1, tasks=app.tasks, autoscale=(3, 1), autoscale_keepalive=0.2)
+        pool = PreforkPool(1, tasks=app.tasks, autoscale=(3, 1), autoscale_keepalive=0.5)
         await pool.start()
         try:
             at_start = len(pool.processes)
             outcomes = await asyncio.gather(*(pool.run(job(nap, 0.3)) for _ in range(3)))
-            grown = len(pool.processes)
+            grown = pool.counters["forked"]
             deadline = time.monotonic() + 5
             while len(pool.processes) > 1 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)

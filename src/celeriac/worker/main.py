@@ -96,18 +96,9 @@ class Worker:
             )
         #: prefork only: (max, min) processes; recycling limits (per child process)
         self.autoscale = parse_autoscale(autoscale)
-        if self.autoscale is not None and self.pool_name != "prefork":
-            raise ImproperlyConfigured("autoscale needs the prefork pool (-P prefork)")
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
-        if self.pool_name == "solo":
-            self.concurrency = 1
-        elif self.autoscale is not None:
-            self.concurrency = self.autoscale[0]
-        else:
-            self.concurrency = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
-        if self.concurrency < 1:
-            raise ImproperlyConfigured(f"concurrency must be at least 1, not {self.concurrency}")
+        self.concurrency = self._concurrency(concurrency)
         self.queues = (
             parse_queues(queues)
             or sorted(known_queues(conf.task_queues) or ())
@@ -140,6 +131,19 @@ class Worker:
         self._hurry_event: asyncio.Event | None = None  # a signal during a soft shutdown
         #: None while serving; "Warm" or "Cold" once a shutdown started
         self.shutdown: str | None = None
+
+    def _concurrency(self, concurrency: int | None) -> int:
+        if self.autoscale is not None and self.pool_name != "prefork":
+            raise ImproperlyConfigured("autoscale needs the prefork pool (-P prefork)")
+        if self.pool_name == "solo":
+            return 1
+        if self.autoscale is not None:
+            return self.autoscale[0]
+        conf = self.app.conf
+        count = int(concurrency or conf.worker_concurrency or os.cpu_count() or 1)
+        if count < 1:
+            raise ImproperlyConfigured(f"concurrency must be at least 1, not {count}")
+        return count
 
     # -- banner --------------------------------------------------------------------------------
     def banner(self) -> str:
@@ -250,16 +254,7 @@ class Worker:
         )
         interval = heartbeat_interval(transport.lease_seconds, self.heartbeat_interval)
         heartbeat = self.heartbeat = Heartbeat(transport, state, interval)
-        options: dict[str, Any] = {}
-        if self.pool_name == "solo":
-            options = {"lease_seconds": transport.lease_seconds, "before_inline": self._flush}
-        elif self.pool_name == "prefork":
-            options = {
-                "tasks": app.tasks,
-                "max_tasks_per_child": self.max_tasks_per_child,
-                "max_memory_per_child": self.max_memory_per_child,
-                "autoscale": self.autoscale,
-            }
+        options = self._pool_options(transport)
         pool = self.pool = create_pool(self.pool_name, self.concurrency, **options)
         await pool.start()
         heartbeat.start()
@@ -278,6 +273,23 @@ class Worker:
         )
         batch.on_release = consumer.released
         consumer.start()
+
+    def _pool_options(self, transport: AsyncTransport) -> dict[str, Any]:
+        if self.pool_name == "solo":
+            return {"lease_seconds": transport.lease_seconds, "before_inline": self._flush}
+        if self.pool_name != "prefork":
+            return {}
+        if self.app.transport_url.startswith("memory://"):
+            logger.warning(
+                "The memory:// broker lives in this process only: tasks sent from a prefork "
+                "child (.delay() inside a task) are lost; use -P threads with it"
+            )
+        return {
+            "tasks": self.app.tasks,
+            "max_tasks_per_child": self.max_tasks_per_child,
+            "max_memory_per_child": self.max_memory_per_child,
+            "autoscale": self.autoscale,
+        }
 
     async def _flush(self) -> None:
         """Before a solo task blocks the loop: write what earlier tasks produced (results,

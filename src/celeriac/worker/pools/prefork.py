@@ -1,19 +1,22 @@
 """``prefork`` pool: synchronous tasks run in ``concurrency`` child processes (Celery's default).
 
-The children are forked from the worker once, at start, and reused; each runs one task at a
-time. The worker's main process keeps doing all broker and backend I/O: a child only receives a
-task call (task name, request context, arguments) over a pipe and sends the ``Outcome`` back (the
-frame format is in ``prefork_child``). ``async def`` tasks run on the worker's event loop, as in
-every pool. Children are created with ``fork`` (Linux, macOS; not Windows), so they have the
-app, its configuration and its tasks as the worker had them: nothing is imported again. A task
-registered after the worker started is unknown to children forked before. A task that sends
-tasks (``.delay()``) publishes through the app's own transport, which is reopened in the child
-(the in-memory ``memory://`` broker cannot be shared between processes: use it with the
-``threads`` pool).
+The children are started once and reused; each runs one task at a time. The worker's main
+process keeps doing all broker and backend I/O: a child only receives a task call (task name,
+request context, arguments) over a pipe and sends the ``Outcome`` back (the frame format is in
+``prefork_child``). ``async def`` tasks run on the worker's event loop, as in every pool.
+
+Children are forked (Linux, macOS; not Windows), so they have the app, its settings and its
+tasks without importing anything again; they are forked by the pool's *fork server*
+(``prefork_server``), a process the worker forks once when the pool starts, which stays
+single-threaded: a child is never forked while one of the worker's I/O threads holds a lock
+(that is how children hung in SQLite). So children see the app as it was when the worker
+started (a task registered later is unknown to them). A task that sends tasks (``.delay()``)
+publishes through the app's own transport, reopened in the child (the in-memory ``memory://``
+broker cannot be shared between processes: use it with the ``threads`` pool).
 
 Limits
-    - hard time limit (``time_limit``, ``task_time_limit``, ``--time-limit``): the parent kills
-      the child running the task (SIGKILL) and forks a replacement; the task fails with
+    - hard time limit (``time_limit``, ``task_time_limit``, ``--time-limit``): the child running
+      the task is killed (SIGKILL) and a replacement forked; the task fails with
       ``TimeLimitExceeded`` (FAILURE, message acked as for any failure, as in Celery). The other
       children are not touched.
     - soft time limit: ``SoftTimeLimitExceeded`` is raised inside the task by a timer in the
@@ -28,13 +31,10 @@ Limits
       replaced.
     - ``autoscale=(max, min)``: see ``worker.autoscale``.
 
-Stopping: warm, each child's job pipe is closed, so it finishes its task and exits (``SIGKILL``
-after ``shutdown_timeout``); cold, children get SIGTERM, then SIGKILL one second later. Children
-also die with the worker (``PR_SET_PDEATHSIG`` on Linux, end-of-file on their job pipe
-elsewhere), so none is left behind.
-
-Forking happens on the worker's event-loop thread while the transport's I/O threads may be
-running (as Celery's pool does); see ARCHITECTURE.md for what that implies.
+Stopping: warm, each child's job pipe is closed, so it finishes its task and exits (SIGKILL after
+``shutdown_timeout``); cold, children get SIGTERM, then SIGKILL one second later; then the fork
+server ends. The fork server and the children also die with the worker (``PR_SET_PDEATHSIG`` on
+Linux, end-of-file on their socket or job pipe elsewhere), so none is left behind.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import logging
 import os
 import pickle
 import signal
-import sys
+import socket
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -59,12 +59,12 @@ from celeriac.worker.pools.base import Job, Pool, hard_limit_failure, worker_los
 from celeriac.worker.pools.prefork_child import (
     ChildSpec,
     FrameReader,
-    child_main,
     context_state,
     describe_status,
     frame,
     from_wire,
 )
+from celeriac.worker.pools.prefork_server import ForkServer, ServerEvents
 
 if TYPE_CHECKING:
     from celeriac.app.task import Task
@@ -73,6 +73,8 @@ logger = logging.getLogger("celeriac.worker.pool")
 
 #: how long a child that closed its pipes may take to exit before it is killed
 BURY_TIMEOUT = 2.0
+#: how long the first children may take to start
+START_TIMEOUT = 10.0
 
 
 class ChildResult:
@@ -116,11 +118,11 @@ class _Running:
 
 
 class _Proc:
-    """The parent's view of one child process."""
+    """The worker's view of one child process (named by its number; its pid comes later)."""
 
-    def __init__(self, number: int, pid: int, job_fd: int, result_fd: int) -> None:
+    def __init__(self, number: int, job_fd: int, result_fd: int, exited: Any) -> None:
         self.number = number
-        self.pid = pid
+        self.pid: int | None = None
         self.job_fd = job_fd
         self.result_fd = result_fd
         self.reader = FrameReader()
@@ -131,10 +133,16 @@ class _Proc:
         self.tasks = 0
         self.idle_since = time.monotonic()
         self.unsent = b""
+        #: the wait status, set when the fork server reports the exit (None: unknown)
+        self.exited: asyncio.Future[int | None] = exited
 
     @property
     def name(self) -> str:
         return f"ForkPoolWorker-{self.number}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (pid {self.pid or '?'})"
 
 
 class PreforkPool(Pool):
@@ -153,9 +161,10 @@ class PreforkPool(Pool):
         autoscale_keepalive: float = DEFAULT_KEEPALIVE,
         shutdown_timeout: float = 10.0,
     ) -> None:
-        if not hasattr(os, "fork"):
+        if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
             raise ImproperlyConfigured(
-                "The prefork pool needs fork(), which this platform lacks; use -P threads"
+                "The prefork pool needs fork() and Unix sockets, which this platform lacks; "
+                "use -P threads"
             )
         if autoscale is not None:
             concurrency = autoscale[0]
@@ -168,6 +177,7 @@ class PreforkPool(Pool):
         )
         self.min_procs = autoscale[1] if autoscale else concurrency
         self.shutdown_timeout = shutdown_timeout
+        self._server: ForkServer | None = None
         self._procs: dict[int, _Proc] = {}
         self._idle: list[_Proc] = []
         self._waiting: deque[_Running] = deque()
@@ -176,59 +186,116 @@ class PreforkPool(Pool):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._scaler: asyncio.TimerHandle | None = None
-        self._burying: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._live_count = 0
         self.counters = {"forked": 0, "exited": 0, "time_limits": 0, "lost": 0, "recycled": 0}
 
     # -- start ---------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for _ in range(self.min_procs):
-            self._spawn()
+        self._start_server()
+        procs = [p for p in (self._spawn() for _ in range(self.min_procs)) if p is not None]
+        deadline = time.monotonic() + START_TIMEOUT
+        while any(p.pid is None for p in procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if any(p.pid is None for p in procs):
+            await self.stop(cold=True)
+            raise RuntimeError(f"the prefork pool's children did not start in {START_TIMEOUT}s")
         if self.autoscaler is not None:
             self._schedule_scale()
 
-    def _spawn(self) -> _Proc:
-        """Fork one child (on the loop thread); it is idle at once."""
+    def _start_server(self) -> None:
         assert self._loop is not None
-        job_r, job_w = os.pipe()
-        result_r, result_w = os.pipe()
-        number = next(self._numbers)
-        siblings = [fd for p in self._procs.values() if p.open for fd in (p.job_fd, p.result_fd)]
-        spec = ChildSpec(
-            number=number,
-            job_fd=job_r,
-            result_fd=result_w,
-            parent_pid=os.getpid(),
+        template = ChildSpec(
+            number=0,
+            job_fd=-1,
+            result_fd=-1,
+            parent_pid=-1,
             tasks=self.tasks,
             max_tasks=self.max_tasks_per_child,
             max_memory_kib=self.max_memory_per_child,
-            close_fds=[job_w, result_r, *siblings],
         )
-        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
-            with contextlib.suppress(Exception):
-                stream.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child (measured by the integration tests)
-            child_main(spec)
+        server = ForkServer(template, ServerEvents(self._forked, self._exited, self._server_lost))
+        server.start()
+        self._loop.add_reader(server.fileno, server.on_readable)
+        self._server = server
+
+    def _spawn(self) -> _Proc | None:
+        """Ask the fork server for one more child; it takes jobs at once (they wait in its
+        pipe until it runs)."""
+        assert self._loop is not None and self._server is not None
+        job_r, job_w = os.pipe()
+        result_r, result_w = os.pipe()
+        number = next(self._numbers)
+        sent = self._server.fork(number, job_r, result_w)
         os.close(job_r)
         os.close(result_w)
+        if not sent:
+            os.close(job_w)
+            os.close(result_r)
+            return None
         os.set_blocking(job_w, False)
         os.set_blocking(result_r, False)
-        proc = _Proc(number, pid, job_w, result_r)
-        self._procs[pid] = proc
+        proc = _Proc(number, job_w, result_r, self._loop.create_future())
+        self._procs[number] = proc
+        self._live_count += 1
         self._loop.add_reader(result_r, self._on_readable, proc)
         self._idle.append(proc)
         self.counters["forked"] += 1
-        logger.debug("Pool process %s started (pid %d)", proc.name, pid)
         return proc
 
     @property
     def processes(self) -> list[int]:
         """Pids of the children that take jobs."""
-        return [p.pid for p in self._procs.values() if not p.retiring]
+        return [p.pid for p in self._procs.values() if not p.retiring and p.pid is not None]
 
     def _live(self) -> int:
-        return sum(1 for p in self._procs.values() if not p.retiring)
+        """Children that take jobs (started, not retiring)."""
+        return self._live_count
+
+    def _set_retiring(self, proc: _Proc) -> None:
+        if not proc.retiring:
+            proc.retiring = True
+            self._live_count -= 1
+
+    # -- fork server events --------------------------------------------------------------------
+    def _forked(self, number: int, pid: int) -> None:
+        proc = self._procs.get(number)
+        if proc is not None:
+            proc.pid = pid
+            logger.debug("Pool process %s started", proc.label)
+
+    def _exited(self, number: int, status: int | None) -> None:
+        proc = self._procs.get(number)
+        if proc is not None and not proc.exited.done():
+            proc.exited.set_result(status)
+
+    def _server_lost(self) -> None:
+        """The fork server died (its children die with it): start another one."""
+        if self._loop is None or self._server is None:
+            return
+        old = self._server
+        self._loop.remove_reader(old.fileno)
+        old.close()
+        self._in_background(self._reap_server(old, 1.0))
+        for proc in list(self._procs.values()):
+            self._end_jobs(proc)
+            if not proc.exited.done():
+                proc.exited.set_result(None)
+        if self._stopping:
+            self._server = None
+            return
+        logger.error("The prefork pool's fork server died: starting a new one")
+        self._start_server()
+
+    async def _reap_server(self, server: ForkServer, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not server.reap(block=False):
+            if time.monotonic() > deadline:
+                server.terminate()
+                server.reap(block=True)
+                return
+            await asyncio.sleep(0.01)
 
     # -- running jobs --------------------------------------------------------------------------
     async def run_sync(self, job: Job) -> Outcome:
@@ -252,9 +319,10 @@ class PreforkPool(Pool):
                 if self._live() >= self.concurrency:
                     return
                 proc = self._spawn()
+                if proc is None:
+                    return
                 self._idle.remove(proc)
-            running = self._waiting.popleft()
-            self._send(proc, running)
+            self._send(proc, self._waiting.popleft())
 
     def _take_idle(self) -> _Proc | None:
         while self._idle:
@@ -334,7 +402,7 @@ class PreforkPool(Pool):
             running.job.request.children.extend(ChildResult(c) for c in children)
         running.resolve(outcome)
         if exiting:
-            logger.info("Pool process %s (pid %d) %s: replaced", proc.name, proc.pid, exiting)
+            logger.info("Pool process %s %s: replaced", proc.label, exiting)
             self.counters["recycled"] += 1
             self._retire(proc)
         else:
@@ -343,23 +411,28 @@ class PreforkPool(Pool):
 
     def _retire(self, proc: _Proc) -> None:
         """``proc`` takes no more jobs; fork a replacement if below the minimum."""
-        proc.retiring = True
+        self._set_retiring(proc)
         with contextlib.suppress(ValueError):
             self._idle.remove(proc)
         while not self._stopping and self._live() < self.min_procs:
-            self._spawn()
+            if self._spawn() is None:
+                break
 
     def _on_eof(self, proc: _Proc) -> None:
         """The child closed its result pipe: it exited (or is exiting)."""
         self._close(proc)
         running, proc.running = proc.running, None
         if not proc.retiring and not self._stopping and running is None:
-            logger.warning("Pool process %s (pid %d) exited while idle", proc.name, proc.pid)
+            logger.warning("Pool process %s exited while idle", proc.label)
         self._retire(proc)
-        task = asyncio.get_running_loop().create_task(self._bury(proc, running))
-        self._burying.add(task)
-        task.add_done_callback(self._burying.discard)
+        self._in_background(self._bury(proc, running))
         self._dispatch()
+
+    def _in_background(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _close(self, proc: _Proc) -> None:
         if not proc.open:
@@ -371,44 +444,31 @@ class PreforkPool(Pool):
             if proc.unsent:
                 loop.remove_writer(proc.job_fd)
         for fd in (proc.job_fd, proc.result_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     async def _bury(self, proc: _Proc, running: _Running | None) -> None:
-        """Reap the exited child; settle the job it was running (``WorkerLostError``)."""
-        status = await self._reap(proc.pid, BURY_TIMEOUT)
-        self._procs.pop(proc.pid, None)
+        """Wait for the exit report; settle the job the child was running (``WorkerLostError``)."""
+        status = await self._exit_status(proc, BURY_TIMEOUT)
+        self._procs.pop(proc.number, None)
         self.counters["exited"] += 1
         if running is None or running.future.done():
             return
         self.counters["lost"] += 1
         how = describe_status(status)
         reason = f"Worker exited prematurely: {how} Job: {running.seq}."
-        logger.error(
-            "Pool process %s (pid %d) running %s died: %s",
-            proc.name,
-            proc.pid,
-            running.job.label,
-            how,
-        )
+        logger.error("Pool process %s running %s died: %s", proc.label, running.job.label, how)
         running.resolve(worker_lost(running.job, reason, running.started))
 
-    async def _reap(self, pid: int, timeout: float) -> int | None:
-        """Wait for ``pid`` to exit (SIGKILL after ``timeout``); its wait status."""
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                reaped, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if reaped:
-                return status
-            if time.monotonic() > deadline:
-                _kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5.0
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    async def _exit_status(self, proc: _Proc, timeout: float) -> int | None:
+        """The child's wait status once it exited (SIGKILL after ``timeout``; None: unknown)."""
+        for signum in (None, signal.SIGKILL):
+            if signum is not None and self._server is not None:
+                self._server.kill(proc.number, signum)
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(proc.exited), timeout)
+        return None
 
     # -- limits --------------------------------------------------------------------------------
     def _hard_limit(self, running: _Running) -> None:
@@ -417,15 +477,15 @@ class PreforkPool(Pool):
         if proc is None or running.future.done() or proc.running is not running:
             return
         logger.error(
-            "Hard time limit (%ss) exceeded for %s: killing pool process %s (pid %d)",
+            "Hard time limit (%ss) exceeded for %s: killing pool process %s",
             running.job.time_limit,
             running.job.label,
-            proc.name,
-            proc.pid,
+            proc.label,
         )
         self.counters["time_limits"] += 1
         proc.running = None
-        _kill(proc.pid, signal.SIGKILL)
+        if self._server is not None:
+            self._server.kill(proc.number, signal.SIGKILL)
         running.resolve(hard_limit_failure(running.job, running.started))
         self._retire(proc)
         self._dispatch()
@@ -444,15 +504,15 @@ class PreforkPool(Pool):
         idle = sorted((p for p in self._idle if not p.retiring), key=lambda p: p.idle_since)
         count = self.autoscaler.to_stop(self._live(), [now - p.idle_since for p in idle])
         for proc in idle[:count]:
-            logger.info("Autoscale: stopping idle pool process %s (pid %d)", proc.name, proc.pid)
-            proc.retiring = True
+            logger.info("Autoscale: stopping idle pool process %s", proc.label)
+            self._set_retiring(proc)
             self._idle.remove(proc)
             self._end_jobs(proc)
         self._schedule_scale()
 
     def _end_jobs(self, proc: _Proc) -> None:
         """Close the child's job pipe: it finishes its task, then exits."""
-        if proc.open and not proc.unsent:
+        if proc.open and not proc.unsent and proc.job_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(proc.job_fd)
             proc.job_fd = -1
@@ -467,25 +527,24 @@ class PreforkPool(Pool):
         self._waiting.clear()
         procs = list(self._procs.values())
         for proc in procs:
-            proc.retiring = True
-            if cold:
-                _kill(proc.pid, signal.SIGTERM)
+            self._set_retiring(proc)
+            if cold and self._server is not None:
+                self._server.kill(proc.number, signal.SIGTERM)
             else:
                 self._end_jobs(proc)
         timeout = 1.0 if cold else self.shutdown_timeout
-        await self._wait_gone(procs, timeout)
-
-    async def _wait_gone(self, procs: list[_Proc], timeout: float) -> None:
-        """Wait for ``procs`` to exit and be reaped; SIGKILL those left after ``timeout``."""
-        pending = [asyncio.ensure_future(self._reap(p.pid, timeout)) for p in procs]
-        if pending:
-            await asyncio.gather(*pending)
+        await asyncio.gather(*(self._exit_status(p, timeout) for p in procs))
         for proc in procs:
             self._close(proc)
-            self._procs.pop(proc.pid, None)
-        if self._burying:
-            await asyncio.gather(*self._burying, return_exceptions=True)
+            self._procs.pop(proc.number, None)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         self._idle.clear()
+        server, self._server = self._server, None
+        if server is not None and self._loop is not None:
+            self._loop.remove_reader(server.fileno)
+            server.close()
+            await self._reap_server(server, 2.0)
 
     def describe(self) -> str:
         if self.autoscaler is not None:
@@ -494,8 +553,3 @@ class PreforkPool(Pool):
 
     def info(self) -> dict[str, Any]:
         return {"processes": self.processes, **self.counters}
-
-
-def _kill(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)

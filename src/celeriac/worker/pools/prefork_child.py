@@ -15,11 +15,11 @@ Picklable outcomes
     module and arguments (unpicklable arguments become their ``repr``), so the result record is
     the same; a return value that does not pickle fails the task with ``EncodeError``.
 
-The child (``child_main``, entered right after ``os.fork()`` and never returning)
+The child (``child_main``, entered right after ``os.fork()`` in the fork server, never returning)
     resets the signals it inherited (SIGINT is ignored, as in Celery: Ctrl-C reaches the whole
-    process group and the parent decides), closes the pipe ends of the other children (so that
-    each child sees end-of-file when the parent goes), asks Linux to kill it when its parent dies
-    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), sends ``worker_process_init``, then runs jobs until
+    process group and the worker decides), closes the fork server's file descriptors, asks Linux
+    to kill it when its parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), turns the garbage
+    collector back on (the server keeps it off), sends ``worker_process_init``, then runs jobs until
     its job pipe ends, sending ``worker_process_shutdown`` before it exits. The soft time limit
     is a ``SIGALRM`` timer (``setitimer``): ``SoftTimeLimitExceeded`` is raised inside the task,
     which may catch it. After each job the child counts its tasks and reads its resident memory,
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import pickle
@@ -242,8 +243,10 @@ class ChildSpec:
     tasks: Mapping[str, Task[Any, Any]]
     max_tasks: int | None = None
     max_memory_kib: int | None = None
-    #: parent-side file descriptors the child must close (its own pipes' and its siblings')
+    #: file descriptors of the parent the child must close
     close_fds: Sequence[int] = field(default_factory=list)
+    #: whether the garbage collector runs in the child (the worker's setting)
+    gc_enabled: bool = True
 
 
 def child_main(spec: ChildSpec) -> NoReturn:
@@ -273,13 +276,15 @@ def _setup(spec: ChildSpec) -> None:
     for fd in spec.close_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-    _die_with_parent(spec.parent_pid)
+    die_with_parent(spec.parent_pid)
+    if spec.gc_enabled:
+        gc.enable()
     import multiprocessing.process
 
     multiprocessing.process.current_process().name = f"ForkPoolWorker-{spec.number}"
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Linux: SIGKILL this process when its parent dies (else: end-of-file on the job pipe)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
@@ -401,6 +406,7 @@ __all__ = [
     "child_main",
     "context_state",
     "describe_status",
+    "die_with_parent",
     "frame",
     "from_wire",
     "portable",

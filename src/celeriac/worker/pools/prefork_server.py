@@ -180,13 +180,14 @@ class _Server:
         gc.disable()  # the server allocates next to nothing; children restore the setting
 
     def run(self) -> int:
+        sock = self.sock.fileno()
         while True:
-            ready, _, _ = select.select([self.sock, self.wake_r], [], [])
+            ready, _, _ = select.select([sock, self.wake_r], [], [])
             if self.wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 1024)
                 self._reap()
-            if self.sock in ready and not self._command():
+            if sock in ready and not self._command():
                 break
         self._finish()
         return 0
@@ -221,7 +222,12 @@ class _Server:
             parent_pid=os.getpid(),
             close_fds=[self.sock.fileno(), self.wake_r, self.wake_w],
         )
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: the worker counts it as lost
+            logger.error("The prefork pool could not fork a child: %r", exc)
+            self._tell(("exited", number, None))
+            return
         if pid == 0:  # pragma: no cover - the child
             child_main(spec)
         self.children[number] = pid
