@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -217,3 +218,39 @@ def test_pool_needs_fork_and_a_running_start(app: Celeriac) -> None:
 
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(pool.run(job(noop)))
+
+
+def test_pool_survives_the_death_of_its_fork_server(app: Celeriac) -> None:
+    @app.task(name="u.sleep")
+    def sleep() -> None:
+        time.sleep(30)
+
+    @app.task(name="u.pid2")
+    def pid() -> int:
+        return os.getpid()
+
+    async def scenario() -> tuple[Outcome, list[int], list[int], set[int]]:
+        pool = PreforkPool(2, tasks=app.tasks)
+        await pool.start()
+        try:
+            before = pool.processes
+            server = pool._server
+            assert server is not None and server.pid is not None
+            running = asyncio.ensure_future(pool.run(job(sleep)))
+            await asyncio.sleep(0.2)
+            os.kill(server.pid, signal.SIGKILL)  # its children die with it
+            lost = await asyncio.wait_for(running, 10)
+            deadline = time.monotonic() + 10
+            while len(pool.processes) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            outcomes = await asyncio.gather(*(pool.run(job(pid)) for _ in range(4)))
+            after = pool.processes
+        finally:
+            await pool.stop()
+        return lost, before, after, {o.value for o in outcomes if isinstance(o, Succeeded)}
+
+    lost, before, after, pids = asyncio.run(scenario())
+    assert isinstance(lost, Failed) and type(lost.exc).__name__ == "WorkerLostError"
+    assert len(after) == 2 and not set(after) & set(before)
+    assert pids <= set(after)
+    assert not any(alive(p) for p in before + after)

@@ -223,7 +223,8 @@ class PreforkPool(Pool):
     def _spawn(self) -> _Proc | None:
         """Ask the fork server for one more child; it takes jobs at once (they wait in its
         pipe until it runs)."""
-        assert self._loop is not None and self._server is not None
+        if self._loop is None or self._server is None:
+            return None
         job_r, job_w = os.pipe()
         result_r, result_w = os.pipe()
         number = next(self._numbers)
@@ -274,7 +275,7 @@ class PreforkPool(Pool):
         """The fork server died (its children die with it): start another one."""
         if self._loop is None or self._server is None:
             return
-        old = self._server
+        old, self._server = self._server, None
         self._loop.remove_reader(old.fileno)
         old.close()
         self._in_background(self._reap_server(old, 1.0))
@@ -282,11 +283,23 @@ class PreforkPool(Pool):
             self._end_jobs(proc)
             if not proc.exited.done():
                 proc.exited.set_result(None)
-        if self._stopping:
-            self._server = None
+        if not self._stopping:
+            logger.error("The prefork pool's fork server died: starting a new one")
+            self._restart_server()
+
+    def _restart_server(self) -> None:
+        """Start a fork server again (retried every second while fork fails)."""
+        if self._stopping or self._server is not None or self._loop is None:
             return
-        logger.error("The prefork pool's fork server died: starting a new one")
-        self._start_server()
+        try:
+            self._start_server()
+        except OSError as exc:
+            logger.error("Could not start the prefork pool's fork server: %r; retrying", exc)
+            self._loop.call_later(1.0, self._restart_server)
+            return
+        while self._live() < self.min_procs and self._spawn() is not None:
+            pass
+        self._dispatch()
 
     async def _reap_server(self, server: ForkServer, timeout: float) -> None:
         deadline = time.monotonic() + timeout
