@@ -52,7 +52,7 @@ if str(PEERS) not in sys.path:
 #: .notes/interop-result-keyprefix.diff), so until that is fixed it must be given ``<prefix>_``
 #: to share results (which stays right after the fix: a prefix ending with "_" is kept as it
 #: is); ``test_interop_keyprefix.py`` gives both sides the same value.
-RESULT_PREFIX_WORKAROUND = True
+RESULT_PREFIX_WORKAROUND = False
 
 
 def default_prefixes(base: str) -> tuple[str, str]:

@@ -61,20 +61,7 @@ def test_send_task_by_name(pair: Pair) -> None:
     )
 
 
-ETA_BUG = (
-    "a Celeriac client puts eta/countdown messages in its own delayed zset "
-    "(<queue>\\x06\\x16celeriac.delayed), which Celery workers never read; proposed option "
-    "eta_delivery='list' in .notes/interop-eta-delivery.diff"
-)
-
-
-def xfail_if_celeriac_eta(pair: Pair, request: pytest.FixtureRequest) -> None:
-    if pair.client.impl == "celeriac":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ETA_BUG))
-
-
 def test_countdown(pair: Pair, request: pytest.FixtureRequest) -> None:
-    xfail_if_celeriac_eta(pair, request)
     sent = dt.datetime.now(UTC)
     task_id = pair.client.call("interop.inspect", countdown=1.5)
     seen = succeeded(pair, task_id, timeout=8)
@@ -86,7 +73,6 @@ def test_countdown(pair: Pair, request: pytest.FixtureRequest) -> None:
 
 
 def test_eta(pair: Pair, request: pytest.FixtureRequest) -> None:
-    xfail_if_celeriac_eta(pair, request)
     eta = (dt.datetime.now(UTC) + dt.timedelta(seconds=1.5)).replace(microsecond=123456)
     task_id = pair.client.call("interop.inspect", eta=eta)
     seen = succeeded(pair, task_id, timeout=8)
@@ -130,7 +116,6 @@ def test_countdown_message_waits_in_the_queue_list(
 ) -> None:
     """Celery publishes an eta message to the queue list at once (its ``eta`` header says when);
     a Celery worker only ever looks there."""
-    xfail_if_celeriac_eta(pair, request)
     parked = f"{pair.fleet.name}.parked-{uuid.uuid4().hex[:8]}"
     pair.client.call("interop.add", [1, 1], queue=parked, countdown=60)
     assert pair.fleet.redis.llen(pair.fleet.key(parked)) == 1, (

@@ -23,16 +23,10 @@ from interop_support import VERSIONS, celery_env
 
 pytestmark = [pytest.mark.timeout(60)]
 
-KEYPREFIX_BUG = (
-    "Celeriac prepends global_keyprefix to result keys as it is; Celery inserts '_' after a "
-    "prefix that does not end with one of ':_-.' (proposed fix: "
-    ".notes/interop-result-keyprefix.diff)"
-)
 CASES = [
     pytest.param(
         "plain",
         version,
-        marks=pytest.mark.xfail(strict=True, reason=KEYPREFIX_BUG),
         id=f"plain-celery{version}",
     )
     for version in VERSIONS

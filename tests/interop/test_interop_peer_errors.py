@@ -53,12 +53,6 @@ def test_bad_header_is_dead_lettered_naming_the_field(
     assert f"field {field!r}" in letter.reason, letter.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the worker's dead-letter reason names the field but not the sender (origin/lang "
-    "headers); proposed change to src/celeriac/worker/request.py in "
-    ".notes/interop-peer-errors.diff",
-)
 @pytest.mark.parametrize("version", VERSIONS, ids=VERSION_IDS)
 def test_bad_header_reason_names_the_sender(fleet: Fleet, version: str) -> None:
     letter = send_bad(fleet, version, "retries", "three")

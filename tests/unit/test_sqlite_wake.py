@@ -21,6 +21,7 @@ from celeriac._internal.wake import (
     channel_of,
     message_channel,
     result_channel,
+    sweep,
     wake_hub,
 )
 
@@ -187,3 +188,24 @@ def test_release_removes_the_empty_directory(db: Path) -> None:
     assert not directory.exists()
     with hub.listen(["m1"]) as listener:  # made again when needed
         assert listener.names
+
+
+def test_sweep_removes_stale_sockets_and_empty_directories(tmp_path: Path) -> None:
+    """Once per process, for the directories of files no writer uses any more."""
+    live_dir, gone_dir, empty_dir = (tmp_path / name for name in ("1.a", "1.b", "1.c"))
+    for directory in (live_dir, gone_dir, empty_dir):
+        directory.mkdir()
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    live.bind(str(live_dir / "m1.1.1.aaaaaa"))
+    live.setblocking(False)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(gone_dir / "m1.2.1.bbbbbb"))
+    dead.close()
+    try:
+        sweep(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["1.a"]
+        assert os.listdir(live_dir) == ["m1.1.1.aaaaaa"]
+        with pytest.raises(BlockingIOError):
+            live.recv(8)  # looked at, not woken
+    finally:
+        live.close()

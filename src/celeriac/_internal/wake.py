@@ -1,11 +1,11 @@
-"""Wake-ups across processes for the SQLite drivers: Unix datagram sockets next to the file.
+"""Wake-ups across processes for the SQLite drivers: Unix datagram sockets, one per waiter.
 
 How it works
     A thread that is about to wait (a consumer's idle ``fetch``, a client's ``wait_for_change``)
     *listens*: it binds a Unix datagram socket in the wake directory of the database file (see
     below), named ``<channel>.<pid>.<n>.<random>`` (one hard link more per further channel),
-    and only then looks at the database once more before it waits on the socket. A
-    writer, after its transaction has committed, lists the directory and sends one byte
+    and only then looks at the database once more before it waits on the socket. A writer,
+    after its transaction has committed, lists the directory and sends one byte
     (non-blocking) to listeners of the channels it wrote to. The listener removes its names when
     it stops waiting, so only threads that are waiting receive anything. Listening before
     looking means no wake is lost between the look and the wait: a commit after the look lists
@@ -27,7 +27,9 @@ Failures cost latency, never correctness
     Waiters keep polling the database with backoff as a safety net. Sending never raises: a gone
     socket (ENOENT) is skipped for the next listener, a full one (EAGAIN) already has a wake
     pending, and a stale one left by a killed process (ECONNREFUSED) is removed by the writer. A
-    directory that cannot be created or used leaves only the in-process wake-ups.
+    directory that cannot be created or used leaves only the in-process wake-ups. The first use
+    in a process sweeps the user directory (``sweep``): sockets nobody is bound to, and then
+    empty directories (those of database files that are gone), are removed.
 
 The wake directory
     ``/dev/shm/celeriac-<uid>/<device>.<inode of the database file>/`` (``/tmp`` where there is
@@ -62,6 +64,8 @@ ADDRESS_MAX = 100
 _NAME_MAX = 40
 _HAVE_UNIX = hasattr(socket, "AF_UNIX") and hasattr(os, "getuid")
 _WAKE = b"!"
+#: user directories swept of stale sockets by this process
+_swept: set[Path] = set()
 #: ``notify`` counts: wake this many listeners of a channel (None: all of them)
 Wanted = Mapping[str, int | None]
 
@@ -94,7 +98,40 @@ def _user_directory() -> Path | None:
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         return None  # not ours: someone else made it
+    if path not in _swept:
+        _swept.add(path)
+        with contextlib.suppress(OSError):
+            sweep(path)
     return path
+
+
+def sweep(user: Path) -> None:
+    """Remove the sockets that killed processes left (nobody is bound to them), then the
+    directories left empty: also those of database files that are gone, which no writer would
+    clean. Once per process; a connect tests a socket without waking anyone."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        with os.scandir(user) as directories:
+            for directory in directories:
+                if directory.is_dir(follow_symlinks=False):
+                    _sweep_directory(probe, directory.path)
+    finally:
+        probe.close()
+
+
+def _sweep_directory(probe: socket.socket, path: str) -> None:
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                    probe.connect(entry.path)
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # only if empty; a listener that was about to bind makes it again
 
 
 class Listener:

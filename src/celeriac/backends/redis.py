@@ -11,7 +11,8 @@ URLs
     option (and ``sentinel_kwargs``).
 
 Options (``result_backend_transport_options``)
-    ``global_keyprefix`` (on every key and channel), ``socket_timeout``,
+    ``global_keyprefix`` (on every key and channel, as Celery 5.7 applies it: followed by
+    ``_`` unless it ends with one of ``:_-.``; see ``celery_result_prefix``), ``socket_timeout``,
     ``socket_connect_timeout``, ``socket_keepalive``, ``retry_on_timeout``, ``max_connections``,
     ``health_check_interval``, ``client_name``, ``username``/``password``; reconnecting, at the
     top level or in ``retry_policy``: ``max_retries`` (3, redis-py's per command),
@@ -148,6 +149,19 @@ return 1
 #: lost connections (retried); authentication errors are ConnectionErrors no retry can fix
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 _FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+
+
+def celery_result_prefix(value: Any) -> str:
+    """What Celery puts before its result keys for ``global_keyprefix`` = ``value``.
+
+    Celery 5.7 adds ``_`` unless the prefix already ends with one of ``:_-.`` (celery#9080)
+    (``myapp`` -> ``myapp_celery-task-meta-<id>``, ``myapp:`` -> ``myapp:celery-task-meta-<id>``);
+    Celery 5.3 always adds ``_``. Both agree on a prefix that does not end with a separator.
+    """
+    prefix = str(value or "")
+    if prefix and prefix[-1] not in ":_-.":
+        prefix += "_"
+    return prefix
 
 
 def _as_bytes(value: Any) -> bytes | None:
@@ -327,7 +341,7 @@ class RedisStore(KeyValueStore):
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options=options)
-        self.prefix = str(self.options.get("global_keyprefix", "") or "")
+        self.prefix = celery_result_prefix(self.options.get("global_keyprefix"))
         self._client = make_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)
@@ -451,7 +465,7 @@ class AsyncRedisStore(AsyncKeyValueStore):
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options=options)
-        self.prefix = str(self.options.get("global_keyprefix", "") or "")
+        self.prefix = celery_result_prefix(self.options.get("global_keyprefix"))
         self._client = make_async_client(url, self.options)
         self._link = _Link(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)

@@ -22,7 +22,10 @@ Options (``broker_transport_options``, Celery's names)
     ``interval_step`` (0.25 s), ``interval_max`` (2 s), ``connect_retries_timeout`` (20 s), at
     the top level or in ``retry_policy``; fan-out naming: ``fanout_prefix`` (True: ``/<db>.``),
     ``fanout_patterns`` (True); and ours: ``poll_interval`` (1 s, see Waiting),
-    ``delayed_batch`` (100).
+    ``delayed_batch`` (100), ``eta_delivery`` (``"delayed"``: a message with a future eta
+    waits in ``<queue>SEPceleriac.delayed``, which only Celeriac consumers read; ``"list"``:
+    it is LPUSHed at once with its ``eta`` header, as Celery does, so a Celery worker on that
+    queue sees it too - set it in a mixed fleet).
 
 Key layout (``<p>`` = ``global_keyprefix``, ``SEP`` = ``\\x06\\x16``)
     ``<p><queue>``, ``<p><queue>SEP<step>``   kombu's ready lists, one per priority step > 0;

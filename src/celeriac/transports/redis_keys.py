@@ -66,6 +66,10 @@ class RedisOptions:
     poll_interval: float = 1.0
     #: due delayed messages moved per queue per fetch
     delayed_batch: int = 100
+    #: where a message published with a future eta goes: ``"delayed"`` (our delayed zset, only
+    #: Celeriac consumers move it) or ``"list"`` (the queue list at once, as Celery publishes
+    #: it: any consumer sees it; a Celeriac worker defers it, a Celery worker holds it)
+    eta_delivery: str = "delayed"
     master_name: str | None = None
     #: redis-py's own retries of one command on a dropped connection
     max_retries: int = 3
@@ -107,6 +111,7 @@ class RedisOptions:
             unacked_restore_interval=float(restore),
             poll_interval=max(0.01, float(options.get("poll_interval", 1.0))),
             delayed_batch=int(options.get("delayed_batch", 100)),
+            eta_delivery=_eta_delivery(options.get("eta_delivery", "delayed")),
             master_name=options.get("master_name"),
             max_retries=int(_or(policy.get("max_retries"), 3)),
             interval_start=max(0.0, float(policy.get("interval_start", 0.05))),
@@ -116,6 +121,12 @@ class RedisOptions:
             fanout_prefix=options.get("fanout_prefix", True),
             fanout_patterns=bool(options.get("fanout_patterns", True)),
         )
+
+
+def _eta_delivery(value: Any) -> str:
+    if value not in ("delayed", "list"):
+        raise ImproperlyConfigured(f"eta_delivery must be 'delayed' or 'list', not {value!r}")
+    return str(value)
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -372,7 +383,7 @@ class Core:
         """(key, payload, score): score None means LPUSH to a list, else ZADD to delayed."""
         envelope = dumps_envelope(message, routing_key=queue)
         step = self.keys.step_index(message.priority)
-        if eta is not None and eta > now:
+        if eta is not None and eta > now and self.opts.eta_delivery == "delayed":
             return self.keys.delayed_key(queue), delayed_member(step, envelope), eta
         return self.keys.list_key(queue, step), envelope, None
 

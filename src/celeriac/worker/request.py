@@ -192,23 +192,26 @@ class RequestReader:
                 header_id,
                 header_task,
             )
+        sender = _sender(raw.headers)
         try:
             message = self.decoder(raw, self.accept)
         except ContentDisallowed as exc:
             return Invalid(
                 delivery,
                 f"content type {raw.content_type!r} is not accepted "
-                f"(accept_content={self.accept}): {exc}",
+                f"(accept_content={self.accept}){sender}: {exc}",
                 header_id,
                 header_task,
             )
         except DecodeError as exc:
             where = f" (field {exc.field!r})" if exc.field else ""
-            return Invalid(delivery, f"undecodable message{where}: {exc}", header_id, header_task)
+            return Invalid(
+                delivery, f"undecodable message{where}{sender}: {exc}", header_id, header_task
+            )
         except Exception as exc:  # a decoder bug must not stop the worker either
             return Invalid(
                 delivery,
-                f"undecodable message: {type(exc).__name__}: {exc}",
+                f"undecodable message{sender}: {type(exc).__name__}: {exc}",
                 header_id,
                 header_task,
             )
@@ -248,6 +251,17 @@ class RequestReader:
         delivery: Delivery, message: TaskMessage, reason: str, exc: BaseException
     ) -> Invalid:
         return Invalid(delivery, reason, message.id, message.task, message, exc)
+
+
+def _sender(headers: Mapping[str, Any]) -> str:
+    """`` (sent by <origin>, lang <lang>)`` from the message's own headers, when it has them.
+
+    Celery puts no version in a task message: ``origin`` (``gen<pid>@<host>`` for a client, the
+    node name for a worker) and ``lang`` are what identify the peer that sent it.
+    """
+    origin, lang = _str_or_none(headers.get("origin")), _str_or_none(headers.get("lang"))
+    parts = ([f"sent by {origin}"] if origin else []) + ([f"lang {lang}"] if lang else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _str_or_none(value: Any) -> str | None:
