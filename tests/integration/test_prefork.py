@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from celeriac.worker.pools.prefork import PreforkPool
 from celeriac.worker.pools.prefork_child import resident_kib
 
 pytestmark = [
-    pytest.mark.skipif(not hasattr(os, "fork"), reason="the prefork pool needs fork()"),
+    pytest.mark.skipif(sys.platform != "linux", reason="the prefork pool runs on Linux"),
     pytest.mark.timeout(60),
 ]
 
@@ -90,11 +91,18 @@ def test_children_run_tasks_and_a_task_can_send_tasks(
     def fan(self: Any, n: int) -> list[str]:
         return [add.delay(i, i).id for i in range(n)]
 
+    exits = tmp_path / "exits"
+
     def on_init(**kw: Any) -> None:
         with inits.open("a") as out:
             out.write(f"{os.getpid()}\n")
 
+    def on_exit(pid: int, exitcode: int, **kw: Any) -> None:
+        with exits.open("a") as out:
+            out.write(f"{pid} {exitcode}\n")
+
     signals.worker_process_init.connect(on_init)
+    signals.worker_process_shutdown.connect(on_exit)
     try:
         with start_worker(app, pool="prefork", concurrency=2) as worker:
             children = set(pool_of(worker).processes)
@@ -107,7 +115,9 @@ def test_children_run_tasks_and_a_task_can_send_tasks(
             assert [c.id for c in sent.children or []] == ids  # the children travel back
     finally:
         signals.worker_process_init.disconnect(on_init)
+        signals.worker_process_shutdown.disconnect(on_exit)
     assert set(map(int, inits.read_text().split())) == children
+    assert sorted(exits.read_text().splitlines()) == sorted(f"{p} 0" for p in children)
     assert not any(alive(p) for p in children)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from celeriac.testing.worker import start_worker
 from celeriac.worker.pools.prefork import PreforkPool
 
 pytestmark = [
-    pytest.mark.skipif(not hasattr(os, "fork"), reason="the prefork pool needs fork()"),
+    pytest.mark.skipif(sys.platform != "linux", reason="the prefork pool runs on Linux"),
     pytest.mark.timeout(60),
 ]
 
@@ -106,3 +107,38 @@ def test_autoscale_needs_prefork_and_sets_the_concurrency(app: Celeriac) -> None
         Worker(app, pool="threads", autoscale="4,2")
     worker = Worker(app, pool="prefork", autoscale="4,2", prefetch_multiplier=2)
     assert (worker.concurrency, worker.prefetch, worker.autoscale) == (4, 8, (4, 2))
+
+
+def test_worker_command_passes_the_prefork_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from celeriac.cli.main import main
+    from celeriac.worker import Worker
+
+    url = f"sqlite:///{tmp_path}/cli.sqlite3"
+    (tmp_path / "prefork_cli_app.py").write_text(
+        "from celeriac import Celeriac\n"
+        f"app = Celeriac('cli', broker='{url}', backend='{url}', worker_hijack_root_logger=False)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[Worker] = []
+
+    def fake_run(self: Worker) -> int:
+        seen.append(self)
+        return 0
+
+    monkeypatch.setattr(Worker, "run", fake_run)
+    args = ["--max-tasks-per-child", "3", "--max-memory-per-child", "200000", "--autoscale", "3,1"]
+    result = CliRunner().invoke(
+        main, ["-A", "prefork_cli_app", "worker", "-P", "prefork", "--time-limit", "9", *args]
+    )
+    assert result.exit_code == 0, result.output
+    (worker,) = seen
+    assert (worker.pool_name, worker.concurrency, worker.autoscale) == ("prefork", 3, (3, 1))
+    assert (worker.max_tasks_per_child, worker.max_memory_per_child) == (3, 200000)
+    assert worker.app.conf.task_time_limit == 9
+    assert "3 (prefork, autoscale 1..3)" in result.output
+    worker.app.close()

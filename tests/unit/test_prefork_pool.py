@@ -7,6 +7,7 @@ import asyncio
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ from celeriac.worker.pools.prefork_child import (
     to_wire,
 )
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the prefork pool needs fork()")
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the prefork pool runs on Linux")
 
 
 # -- the wire ----------------------------------------------------------------------------------

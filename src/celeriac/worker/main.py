@@ -94,8 +94,7 @@ class Worker:
             raise ImproperlyConfigured(
                 f"Unknown pool {self.pool_name!r}; accepted: {', '.join(sorted(POOLS))}"
             )
-        #: prefork only: (max, min) processes; recycling limits (per child process)
-        self.autoscale = parse_autoscale(autoscale)
+        self.autoscale = parse_autoscale(autoscale)  # prefork: (max, min) processes
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.concurrency = self._concurrency(concurrency)

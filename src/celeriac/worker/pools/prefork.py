@@ -5,11 +5,12 @@ process keeps doing all broker and backend I/O: a child only receives a task cal
 request context, arguments) over a pipe and sends the ``Outcome`` back (the frame format is in
 ``prefork_child``). ``async def`` tasks run on the worker's event loop, as in every pool.
 
-Children are forked (Linux, macOS; not Windows), so they have the app, its settings and its
-tasks without importing anything again; they are forked by the pool's *fork server*
-(``prefork_server``), a process the worker forks once when the pool starts, which stays
-single-threaded: a child is never forked while one of the worker's I/O threads holds a lock
-(that is how children hung in SQLite). So children see the app as it was when the worker
+Children are forked (Linux and other systems with ``SOCK_SEQPACKET`` Unix sockets; not macOS
+or Windows, where ``ImproperlyConfigured`` says to use ``threads``), so they have the app, its
+settings and its tasks without importing anything again; they are forked by the pool's *fork
+server* (``prefork_server``), a process the worker forks once when the pool starts, which
+stays single-threaded: a child is never forked while one of the worker's I/O threads holds a
+lock (that is how children hung in SQLite). So children see the app as it was when the worker
 started (a task registered later is unknown to them). A task that sends tasks (``.delay()``)
 publishes through the app's own transport, reopened in the child (the in-memory ``memory://``
 broker cannot be shared between processes: use it with the ``threads`` pool).

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
+from celeriac.exceptions import ImproperlyConfigured
 from celeriac.worker.pools.prefork_child import ChildSpec, child_main, die_with_parent
 
 logger = logging.getLogger("celeriac.worker.pool")
@@ -66,7 +67,12 @@ class ForkServer:
 
     def start(self) -> None:
         """Fork the server (call it before the worker's threads start working)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except (OSError, AttributeError) as exc:  # macOS has no SOCK_SEQPACKET Unix sockets
+            raise ImproperlyConfigured(
+                f"The prefork pool needs Unix SOCK_SEQPACKET sockets ({exc}); use -P threads"
+            ) from None
         template = replace(self.template, gc_enabled=gc.isenabled())
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
