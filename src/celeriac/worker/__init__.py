@@ -4,7 +4,7 @@
 ``celeriac worker`` uses it). Layout: ``main`` (start/stop order, signals, banner),
 ``consumer`` (fetch loop, dispatch, I/O batching), ``request`` (delivery -> runnable request),
 ``execution`` (outcome -> I/O), ``heartbeat`` (lease renewal), ``state`` (counters),
-``pools`` (solo, threads, asyncio).
+``pools`` (solo, threads, asyncio, prefork), ``ratelimit``, ``autoscale``.
 """
 
 from __future__ import annotations

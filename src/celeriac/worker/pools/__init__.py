@@ -1,4 +1,4 @@
-"""Execution pools: ``solo``, ``threads``, ``asyncio`` (``prefork`` arrives with issue 5).
+"""Execution pools: ``solo``, ``threads``, ``asyncio``, ``prefork`` (child processes).
 
 Pools run task functions and return ``Outcome`` values; the worker's loop does all the I/O.
 ``create_pool(name, concurrency)`` imports the pool on first use.
