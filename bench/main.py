@@ -41,9 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated words: run the jobs whose label has one")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite jobs")
     parser.add_argument("--drain", type=int, metavar="N", help="tasks per drain (default 20,000)")
-    parser.add_argument(
-        "--pools", help="Celeriac's pools for drains (default: threads,asyncio[,prefork])"
-    )
+    parser.add_argument("--pools", help="Celeriac's pools for drains (default: threads[,prefork])")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
     return parser.parse_args(argv)
 
@@ -188,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if celeriac_has_prefork():
         pools.append("prefork")
     else:
-        notes.append("Celeriac has no prefork pool yet: its drains run without it")
+        notes.append("Celeriac has no prefork pool yet: its drains use -P threads only")
     if args.pools:
         pools = [p.strip() for p in args.pools.split(",") if p.strip()]
     jobs = select(round_jobs(names, sizes, pools), args.only, not args.no_sqlite)

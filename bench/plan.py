@@ -55,8 +55,8 @@ class Job:
 
 #: the pool of each framework for round trips and idle RSS (Celeriac drains with several)
 POOLS = {"celeriac": "threads", "celery": "prefork", "huey": "thread"}
-#: Celeriac's pools for drains, by default (prefork is added when it exists)
-CELERIAC_POOLS = ["threads", "asyncio"]
+#: Celeriac's pools for drains, by default (prefork is added when it exists; ``--pools``)
+CELERIAC_POOLS = ["threads"]
 
 
 def celeriac_pools(variant: str, available: list[str]) -> list[str]:
