@@ -71,9 +71,10 @@ import redis
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 
+from celeriac._internal.redis_link import Link
 from celeriac.backends.base import AsyncKeyValueStore, KeyValueStore
 from celeriac.backends.joins import JoinAdd, JoinState
-from celeriac.exceptions import ImproperlyConfigured, OperationalError
+from celeriac.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +148,6 @@ redis.call('SET', KEYS[1], 'done', 'EX', ARGV[2])
 return 1
 """
 #: lost connections (retried); authentication errors are ConnectionErrors no retry can fix
-_RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
-_FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
 
 def celery_result_prefix(value: Any) -> str:
@@ -206,48 +205,6 @@ def _join_finish_keys(prefix: str, key: str) -> list[str]:
 
 def _policy(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, **dict(options.get("retry_policy") or {})}
-
-
-class _Link:
-    """One client's outage window and backoff; logs each outage once (as the transport's)."""
-
-    def __init__(self, where: str, options: dict[str, Any]) -> None:
-        policy = _policy(options)
-        self.where = where
-        self.start = max(0.0, float(policy.get("interval_start", 0.05)))
-        self.step = max(0.0, float(policy.get("interval_step", 0.25)))
-        self.cap = max(0.01, float(policy.get("interval_max", 2.0)))
-        self.window = float(policy.get("connect_retries_timeout", 20.0))
-        self.down_since: float | None = None
-        self.failures = 0
-
-    def lost(self, what: str, exc: Exception, now: float) -> float:
-        """The delay before trying again; raises ``OperationalError`` when it should not."""
-        if isinstance(exc, _FATAL) or not isinstance(exc, _RETRYABLE):
-            raise OperationalError(f"Redis {what} failed on {self.where}: {exc}") from exc
-        if self.down_since is None:
-            self.down_since, self.failures = now, 0
-            logger.warning(
-                "Redis %s unreachable (%s); reconnecting with backoff for up to %.0f s",
-                self.where,
-                exc,
-                self.window,
-            )
-        delay = min(self.start + self.failures * self.step, self.cap)
-        self.failures += 1
-        if now + delay > self.down_since + self.window:
-            raise OperationalError(
-                f"Redis {what} failed on {self.where}: {exc} "
-                f"(unreachable for {now - self.down_since:.1f} s)"
-            ) from exc
-        return delay
-
-    def ok(self, now: float) -> None:
-        if self.down_since is not None:
-            logger.warning(
-                "Redis %s reachable again after %.1f s", self.where, now - self.down_since
-            )
-            self.down_since = None
 
 
 # -- clients -----------------------------------------------------------------------------------
@@ -343,7 +300,7 @@ class RedisStore(KeyValueStore):
         super().__init__(url, options=options)
         self.prefix = celery_result_prefix(self.options.get("global_keyprefix"))
         self._client = make_client(url, self.options)
-        self._link = _Link(self.describe(), self.options)
+        self._link = Link.from_options(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)
         self._join_add_script = self._client.register_script(JOIN_ADD)
         self._join_finish_script = self._client.register_script(JOIN_FINISH)
@@ -467,7 +424,7 @@ class AsyncRedisStore(AsyncKeyValueStore):
         super().__init__(url, options=options)
         self.prefix = celery_result_prefix(self.options.get("global_keyprefix"))
         self._client = make_async_client(url, self.options)
-        self._link = _Link(self.describe(), self.options)
+        self._link = Link.from_options(self.describe(), self.options)
         self._set_publish = self._client.register_script(SET_PUBLISH)
         self._join_add_script = self._client.register_script(JOIN_ADD)
         self._join_finish_script = self._client.register_script(JOIN_FINISH)

@@ -105,7 +105,7 @@ from celeriac.transports.base import (
     Delivery,
     Transport,
 )
-from celeriac.transports.redis_client import Link, async_client, sync_client
+from celeriac.transports.redis_client import async_client, link_for, sync_client
 from celeriac.transports.redis_fanout import AsyncFanoutSubscription, FanoutSubscription
 from celeriac.transports.redis_keys import (
     Call,
@@ -177,7 +177,7 @@ class RedisTransport(Transport):
         self._core = Core(url, lease_seconds, self.options)
         self.lease_seconds = self._core.opts.visibility_timeout
         self._client = sync_client(self._core, self.options)
-        self._link = Link.for_core(self._core, self.describe())
+        self._link = link_for(self._core, self.describe())
         #: the connection ``fetch`` blocks on (its own, so ``wake`` can CLIENT UNBLOCK it)
         self._blocker: redis.Redis | None = None
         self._blocker_id: int | None = None
@@ -447,7 +447,7 @@ class AsyncRedisTransport(AsyncTransport):
         self._core = Core(url, lease_seconds, self.options)
         self.lease_seconds = self._core.opts.visibility_timeout
         self._client = async_client(self._core, self.options)
-        self._link = Link.for_core(self._core, self.describe())
+        self._link = link_for(self._core, self.describe())
         #: set by ``wake``: a fetch returns at its next step (at most ``poll_interval`` away)
         self._woken = False
 

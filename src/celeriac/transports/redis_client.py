@@ -27,80 +27,27 @@ What a retry may repeat
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 
-from celeriac.exceptions import ImproperlyConfigured, OperationalError
+from celeriac._internal.redis_link import FATAL, RETRYABLE, Link
+from celeriac.exceptions import ImproperlyConfigured
 from celeriac.transports.redis_keys import Core, client_kwargs
 
-logger = logging.getLogger("celeriac.transports.redis")
 
-#: errors that mean "the server is (for now) unreachable": the call is tried again
-RETRYABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
-#: connection errors no retry can fix
-FATAL: tuple[type[Exception], ...] = (
-    redis.exceptions.AuthenticationError,
-    redis.exceptions.AuthorizationError,
-)
-
-
-class Link:
-    """One client's view of its server: outage window, backoff, and one log line each way."""
-
-    def __init__(self, where: str, *, start: float, step: float, cap: float, window: float) -> None:
-        self.where = where
-        self.start, self.step, self.cap, self.window = start, step, cap, window
-        #: monotonic time of the first failure of the current outage (None: link is up)
-        self.down_since: float | None = None
-        self.failures = 0
-
-    @classmethod
-    def for_core(cls, core: Core, where: str) -> Link:
-        o = core.opts
-        return cls(
-            where,
-            start=o.interval_start,
-            step=o.interval_step,
-            cap=o.interval_max,
-            window=o.connect_retries_timeout,
-        )
-
-    def lost(self, what: str, exc: Exception, now: float) -> float:
-        """Record a failed attempt; returns how long to wait before the next one.
-
-        Raises ``OperationalError`` when the error is not a lost connection, or when the outage
-        has lasted longer than the window.
-        """
-        if isinstance(exc, FATAL) or not isinstance(exc, RETRYABLE):
-            raise OperationalError(f"Redis {what} failed on {self.where}: {exc}") from exc
-        if self.down_since is None:
-            self.down_since, self.failures = now, 0
-            logger.warning(
-                "Redis %s unreachable (%s); reconnecting with backoff for up to %.0f s",
-                self.where,
-                exc,
-                self.window,
-            )
-        delay = min(self.start + self.failures * self.step, self.cap)
-        self.failures += 1
-        if now + delay > self.down_since + self.window:
-            raise OperationalError(
-                f"Redis {what} failed on {self.where}: {exc} "
-                f"(unreachable for {now - self.down_since:.1f} s)"
-            ) from exc
-        return delay
-
-    def ok(self, now: float) -> None:
-        """A call succeeded: ends the outage (logged once)."""
-        if self.down_since is not None:
-            logger.warning(
-                "Redis %s reachable again after %.1f s", self.where, now - self.down_since
-            )
-            self.down_since = None
+def link_for(core: Core, where: str) -> Link:
+    """The ``Link`` of a transport client, from its parsed options."""
+    o = core.opts
+    return Link(
+        where,
+        start=o.interval_start,
+        step=o.interval_step,
+        cap=o.interval_max,
+        window=o.connect_retries_timeout,
+    )
 
 
 def _retry_args(core: Core, retries: int | None) -> tuple[ExponentialBackoff, int]:
@@ -152,3 +99,6 @@ def async_client(core: Core, options: dict[str, Any]) -> aioredis.Redis:
         client: aioredis.Redis = sentinel.master_for(master, **auth)
         return client
     return aioredis.Redis.from_url(core.parsed.client_url, **kwargs)
+
+
+__all__ = ["FATAL", "RETRYABLE", "Link", "async_client", "link_for", "sync_client"]
