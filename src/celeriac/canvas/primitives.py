@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import Self
+
 from celeriac.canvas.base import (
     TYPES,
     Membership,
@@ -58,8 +60,35 @@ def _finish_copy(sig: Signature[Any], source: Signature[Any], args: Any, opts: A
     sig["args"] = list(partial_args(source, args))
 
 
+# -- chain and group share their parts' handling ---------------------------------------------
+class _TaskList(Signature[Any]):
+    """A signature whose parts are ``kwargs["tasks"]``: ``chain`` and ``group``."""
+
+    def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
+        raise NotImplementedError  # pragma: no cover - subclasses build themselves
+
+    @property
+    def tasks(self) -> list[Signature[Any]]:
+        tasks: list[Signature[Any]] = self["kwargs"]["tasks"]
+        return tasks
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], app: Celeriac | None = None) -> Self:
+        sig = cls(_tasks_from(data, app), app=app, **dict(data.get("options") or {}))
+        sig["args"] = list(data.get("args") or ())
+        sig["immutable"] = bool(data.get("immutable"))
+        return sig
+
+    def clone(
+        self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
+    ) -> Self:
+        sig = type(self)(self.tasks, app=self._app, **copy_options(self.options))  # copies parts
+        _finish_copy(sig, self, args, opts)
+        return sig
+
+
 # -- chain -------------------------------------------------------------------------------------
-class chain(Signature[Any]):
+class chain(_TaskList):
     """Tasks run one after the other, each result prepended to the next task's args."""
 
     def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
@@ -75,25 +104,6 @@ class chain(Signature[Any]):
             subtask_type="chain",
             app=app or _app_of(steps),
         )
-
-    @property
-    def tasks(self) -> list[Signature[Any]]:
-        tasks: list[Signature[Any]] = self["kwargs"]["tasks"]
-        return tasks
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], app: Celeriac | None = None) -> chain:
-        sig = cls(_tasks_from(data, app), app=app, **dict(data.get("options") or {}))
-        sig["args"] = list(data.get("args") or ())
-        sig["immutable"] = bool(data.get("immutable"))
-        return sig
-
-    def clone(
-        self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
-    ) -> chain:
-        sig = chain(self.tasks, app=self._app, **copy_options(self.options))  # copies the parts
-        _finish_copy(sig, self, args, opts)
-        return sig
 
     def _freeze(self, _id: str | None, at: Membership) -> Any:
         """The last step gets the id and the chord membership; ``parent`` links the steps."""
@@ -206,7 +216,7 @@ def _append_step(steps: list[Signature[Any]], task: Signature[Any]) -> None:
 
 
 # -- group -------------------------------------------------------------------------------------
-class group(Signature[Any]):
+class group(_TaskList):
     """Tasks run in parallel; the result is a ``GroupResult`` in the group's order."""
 
     def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
@@ -226,25 +236,6 @@ class group(Signature[Any]):
             subtask_type="group",
             app=app or _app_of(members),
         )
-
-    @property
-    def tasks(self) -> list[Signature[Any]]:
-        tasks: list[Signature[Any]] = self["kwargs"]["tasks"]
-        return tasks
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], app: Celeriac | None = None) -> group:
-        sig = cls(_tasks_from(data, app), app=app, **dict(data.get("options") or {}))
-        sig["args"] = list(data.get("args") or ())
-        sig["immutable"] = bool(data.get("immutable"))
-        return sig
-
-    def clone(
-        self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
-    ) -> group:
-        sig = group(self.tasks, app=self._app, **copy_options(self.options))  # copies the parts
-        _finish_copy(sig, self, args, opts)
-        return sig
 
     def freeze(  # type: ignore[override]
         self,
