@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celeriac._internal.named import Named, memory_name
 from celeriac.backends.base import KeyValueStore
 from celeriac.backends.joins import JoinAdd, JoinState, join_decision
 from celeriac.exceptions import DecodeError
@@ -131,34 +132,24 @@ def _deadline(expires: float | None) -> float | None:
     return time.monotonic() + float(expires) if expires is not None and expires > 0 else None
 
 
-_REGISTRY_LOCK = threading.Lock()
-_SPACES: dict[str, _Space] = {}
+_SPACES = Named(_Space)
 
 
 def store_name(url: str) -> str:
     """The store name in a ``memory://`` URL (``""`` is the process's default store)."""
-    rest = url.partition("://")[2] if "://" in url else ""
-    return rest.partition("?")[0].strip("/")
+    return memory_name(url)
 
 
 def _space(name: str) -> _Space:
-    with _REGISTRY_LOCK:
-        space = _SPACES.get(name)
-        if space is None:
-            space = _SPACES[name] = _Space()
-        return space
+    return _SPACES.get(name)
 
 
 def reset_stores(name: str | None = None) -> None:
     """Forget the named store's records (every store when ``name`` is None).
 
-    Stores already open on it keep the old records; open new ones after a reset.
+    Drivers already open on it keep the old records; open new ones after a reset.
     """
-    with _REGISTRY_LOCK:
-        if name is None:
-            _SPACES.clear()
-        else:
-            _SPACES.pop(name, None)
+    _SPACES.reset(name)
 
 
 class MemoryStore(KeyValueStore):

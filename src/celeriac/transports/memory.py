@@ -47,6 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celeriac._internal.named import Named, memory_name
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.base import (
     DEFAULT_LEASE_SECONDS,
@@ -198,34 +199,24 @@ class _Broker:
         return [self.dead.pop(i) for i in wanted if i in self.dead]
 
 
-_REGISTRY_LOCK = threading.Lock()
-_BROKERS: dict[str, _Broker] = {}
+_BROKERS = Named(_Broker)
 
 
 def broker_name(url: str) -> str:
     """The broker name in a ``memory://`` URL (``""`` is the process's default broker)."""
-    rest = url.partition("://")[2] if "://" in url else ""
-    return rest.partition("?")[0].strip("/")
+    return memory_name(url)
 
 
 def _broker(name: str) -> _Broker:
-    with _REGISTRY_LOCK:
-        broker = _BROKERS.get(name)
-        if broker is None:
-            broker = _BROKERS[name] = _Broker()
-        return broker
+    return _BROKERS.get(name)
 
 
 def reset_brokers(name: str | None = None) -> None:
     """Forget the named broker's state (every broker when ``name`` is None).
 
-    Transports already open on it keep the old state; open new ones after a reset.
+    Drivers already open on it keep the old state; open new ones after a reset.
     """
-    with _REGISTRY_LOCK:
-        if name is None:
-            _BROKERS.clear()
-        else:
-            _BROKERS.pop(name, None)
+    _BROKERS.reset(name)
 
 
 def _one_line(reason: str) -> str:
