@@ -26,7 +26,7 @@ from celeriac import Celeriac
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(240)]
 
-DELAYED = scale(4000, 100_000)
+DELAYED = scale(8000, 100_000)
 #: resident-memory growth allowed while the delayed tasks are queued (bytes)
 MAX_GROWTH = 16 * 1024 * 1024
 #: each task carries this much argument data, so a worker holding them would show

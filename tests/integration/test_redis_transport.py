@@ -371,3 +371,36 @@ def test_close_interrupts_a_blocked_fetch_without_an_outage(
     thread.join(SOON)
     assert not thread.is_alive() and result == [[]]
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+# -- broker_transport_options with Celery's names ----------------------------------------------
+def test_custom_priority_steps_and_sep_on_the_wire(
+    make: Callable[..., RedisTransport], client: Any, prefix: str
+) -> None:
+    """``priority_steps=[0, 5]``, ``sep=":"``: kombu rounds each priority down to a step."""
+    transport = make(priority_steps=[0, 5], sep=":")
+    for body, priority in (("p4", 4), ("p9", 9), ("p0", 0), ("p5", 5)):
+        transport.publish("celery", msg(body, priority=priority))
+    assert client.llen(prefix + "celery") == 2  # priorities 0-4
+    assert client.llen(prefix + "celery:5") == 2  # priorities 5-9
+    assert client.smembers(prefix + "_kombu.binding.celery") == {b"celery::celery"}
+    got = fetch_until(transport, ["celery"], 4)
+    # the lower step first; within a step, in publishing order (kombu's LPUSH/BRPOP)
+    assert [d.message.body for d in got] == [b"p4", b"p0", b"p9", b"p5"]
+    transport.ack(got)
+    assert client.hlen(prefix + "unacked") == 0
+
+
+def test_client_options_reach_the_connection(
+    make: Callable[..., RedisTransport], client: Any, prefix: str
+) -> None:
+    """Socket options and ``client_name`` go to redis-py unchanged (Celery's names)."""
+    name = f"celeriac-{prefix.rstrip(':')}"
+    transport = make(socket_timeout=7.5, socket_connect_timeout=2.5, client_name=name)
+    transport.publish("q", msg("x"))
+    [got] = transport.fetch(["q"], 1, 1.0)
+    transport.ack([got])
+    names = [c.get("name") for c in client.client_list()]
+    assert name in names
+    kwargs = transport._client.connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (7.5, 2.5)
