@@ -83,7 +83,7 @@ def test_delayed_tasks_wait_in_the_broker_not_in_the_worker(
         env.stop_workers()
     record_row(
         Row(
-            "7. delayed tasks stay in Redis",
+            "9. delayed tasks stay in Redis",
             broker_kind,
             DELAYED,
             0,

@@ -120,7 +120,7 @@ def run_scenario(env: FaultEnv, watch: LeaseWatch, broker_kind: str) -> None:
     env.stop_workers()
     record_row(
         Row(
-            "6. 3-min task, 10 s lease",
+            "8. 3-min task, 10 s lease",
             broker_kind,
             2,
             len(tally.lost()),
