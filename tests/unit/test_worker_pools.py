@@ -265,3 +265,37 @@ def test_cancelled_before_start_is_not_run() -> None:
     outcome = run_interruptible(state, call, time.monotonic())
     assert ran == []
     assert isinstance(outcome, Failed)
+
+
+def test_thread_outcomes_reach_the_loop_in_batches() -> None:
+    """Outcomes posted while a wake-up is pending ride on it: one loop wake-up, not one each."""
+    from celeriac.worker.pools.threads import _Completions
+
+    async def main() -> tuple[list[Any], int]:
+        loop = asyncio.get_running_loop()
+        completions = _Completions(loop)
+        wakes = 0
+        original = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            nonlocal wakes
+            wakes += 1
+            return original(callback, *args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        futures = [loop.create_future() for _ in range(3)]
+
+        def post_all() -> None:
+            for i, future in enumerate(futures):
+                completions.post(future, Succeeded(i, 0.0))
+
+        thread = threading.Thread(target=post_all)
+        thread.start()
+        thread.join()
+        done = await asyncio.wait_for(asyncio.gather(*futures), 5)
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+        return [outcome.value for outcome in done], wakes
+
+    values, wakes = asyncio.run(main())
+    assert values == [0, 1, 2]
+    assert wakes == 1

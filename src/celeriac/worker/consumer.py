@@ -3,8 +3,11 @@
 Fetching
     One fetch loop asks the transport for up to ``prefetch - busy`` deliveries at a time, where
     ``prefetch = concurrency * worker_prefetch_multiplier`` (0 means no limit) and ``busy``
-    counts held deliveries plus running tasks whose message was already acked. It waits when
-    full and wakes when something is released. Fetch errors are logged and retried with backoff.
+    counts held deliveries plus running tasks whose message was already acked, minus finished
+    tasks whose message is being settled (up to ``prefetch`` of them: the worker holds at most
+    2 x prefetch messages). It takes in batches: while enough requests are reserved to keep the
+    pool busy, it waits until at least half the prefetch is free; it waits when full and wakes
+    when something is released. Fetch errors are logged and retried with backoff.
 
 Dispatch (per delivery)
     ``RequestReader.read``: an ``Invalid`` message is dead-lettered (``Execution.invalid``). A
@@ -307,6 +310,8 @@ class Consumer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._executing = 0
+        #: tags of finished tasks whose message is not settled yet (see ``busy``)
+        self._finished: set[str] = set()
         self._room = asyncio.Event()
         self._stop = asyncio.Event()
         #: rate limits (worker/ratelimit.py): requests waiting for a token, outside pool slots
@@ -333,17 +338,33 @@ class Consumer:
         # requests waiting for a rate-limit token take no pool slot: up to `prefetch` of them
         # do not count, so other tasks keep flowing (the worker holds at most 2 x prefetch)
         waiting = min(len(self.limiter), self.prefetch) if self.limiter is not None else 0
-        return len(state.held) + early_acked - waiting
+        # finished tasks whose message is being settled (result write + ack in flight): up to
+        # `prefetch` of them do not count either, so fetching overlaps that I/O
+        if self._finished:
+            self._finished = {tag for tag in self._finished if tag in state.held}
+        settling = min(len(self._finished), self.prefetch)
+        return len(state.held) + early_acked - waiting - settling
 
     def room(self) -> int:
         if self.prefetch <= 0:
             return FETCH_MAX
         return min(FETCH_MAX, self.prefetch - self.busy())
 
+    def fetch_size(self) -> int:
+        """How many deliveries to take now: 0 (wait) while the free room is below half the
+        prefetch and enough requests are reserved to keep every pool slot busy, so that the
+        worker takes messages in batches instead of one by one as tasks finish."""
+        room = self.room()
+        if room <= 0 or self.prefetch <= 0:
+            return room
+        if room * 2 < self.prefetch and len(self._reserved) >= self.concurrency:
+            return 0
+        return room
+
     async def _fetch_loop(self) -> None:
         delay = 0.5
         while not self.stopping:
-            room = self.room()
+            room = self.fetch_size()
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -452,6 +473,8 @@ class Consumer:
             finally:
                 self._executing -= 1
                 self.state.active.pop(request.tag, None)
+                if not request.acked:
+                    self._finished.add(request.tag)
                 self.state.notify()
                 self._room.set()
                 self._start_reserved()

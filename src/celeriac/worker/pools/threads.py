@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from celeriac.app.trace import Outcome, execute
@@ -42,13 +43,45 @@ logger = logging.getLogger("celeriac.worker.pool")
 _thread_numbers = itertools.count(1)
 
 
+class _Completions:
+    """Outcomes posted by the pool threads, handed to the loop in batches: a thread appends
+    and wakes the loop (``call_soon_threadsafe``) only when no wake-up is pending already, so
+    tasks that finish close together cost one wake-up, not one each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._done: deque[tuple[asyncio.Future[Outcome], Outcome]] = deque()
+        self._lock = threading.Lock()
+        self._pending = False
+
+    def post(self, future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+        """From a pool thread."""
+        with self._lock:
+            self._done.append((future, outcome))
+            if self._pending:
+                return
+            self._pending = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: the worker has gone (cold)
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            self._pending = False
+            done, self._done = self._done, deque()
+        for future, outcome in done:
+            if not future.done():
+                future.set_result(outcome)
+
+
 class _ThreadJob:
     """A job queued for the pool's threads, with the future its outcome is delivered to."""
 
-    def __init__(self, job: Job, future: asyncio.Future[Outcome]) -> None:
+    def __init__(
+        self, job: Job, future: asyncio.Future[Outcome], completions: _Completions
+    ) -> None:
         self.job = job
         self.future = future
-        self.loop = future.get_loop()
+        self.completions = completions
         self.state = Interruptible()
         self.thread: _PoolThread | None = None
         self.started = time.monotonic()
@@ -58,12 +91,7 @@ class _ThreadJob:
         return contextvars.copy_context().run(execute, job.task, job.request)
 
     def deliver(self, outcome: Outcome) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: the worker has gone (cold)
-            self.loop.call_soon_threadsafe(self._set, outcome)
-
-    def _set(self, outcome: Outcome) -> None:
-        if not self.future.done():
-            self.future.set_result(outcome)
+        self.completions.post(self.future, outcome)
 
 
 class _PoolThread(threading.Thread):
@@ -105,9 +133,11 @@ class ThreadPool(Pool):
         self.size = threads or concurrency
         self._jobs: queue.SimpleQueue[_ThreadJob | None] = queue.SimpleQueue()
         self._threads: list[_PoolThread] = []
+        self._completions: _Completions | None = None
         self.abandoned = 0
 
     async def start(self) -> None:
+        self._completions = _Completions(asyncio.get_running_loop())
         for _ in range(self.size):
             self._spawn()
 
@@ -118,7 +148,10 @@ class ThreadPool(Pool):
 
     async def run_sync(self, job: Job) -> Outcome:
         loop = asyncio.get_running_loop()
-        item = _ThreadJob(job, loop.create_future())
+        completions = self._completions
+        if completions is None or completions.loop is not loop:
+            completions = self._completions = _Completions(loop)
+        item = _ThreadJob(job, loop.create_future(), completions)
         self._jobs.put(item)
         soft = None
         if job.soft_time_limit:
