@@ -14,7 +14,8 @@ process: a forked child makes its own) and, per wait:
 
 Deletes and expiry publish nothing, so the key is also re-read with backoff (50 ms doubling up
 to ``recheck`` seconds). The connection is read only inside a wait: no background thread. On any
-error the thread's ``PubSub`` is dropped and the next wait makes a new one.
+error the thread's ``PubSub`` is dropped and the next wait makes a new one; a finished thread's
+connection is closed with its thread-local storage.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 import redis
@@ -41,7 +43,9 @@ class Watcher:
         self.recheck = recheck
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: list[PubSub] = []
+        #: every thread's PubSub, for ``close``; weak: a finished thread's PubSub is collected
+        #: with its thread-local storage (redis-py then disconnects it)
+        self._open: weakref.WeakSet[PubSub] = weakref.WeakSet()
 
     def _pubsub(self) -> PubSub:
         local = self._local
@@ -50,7 +54,7 @@ class Watcher:
             pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
             local.pubsub, local.pid = pubsub, os.getpid()
             with self._lock:
-                self._open.append(pubsub)
+                self._open.add(pubsub)
         return pubsub
 
     def _drop(self) -> None:
@@ -58,8 +62,7 @@ class Watcher:
         self._local.pubsub = None
         if pubsub is not None:
             with self._lock:
-                if pubsub in self._open:
-                    self._open.remove(pubsub)
+                self._open.discard(pubsub)
             with contextlib.suppress(Exception):
                 pubsub.close()
 
@@ -110,7 +113,8 @@ class Watcher:
     def close(self) -> None:
         """Close every thread's subscribed connection."""
         with self._lock:
-            pubsubs, self._open = self._open, []
+            pubsubs = list(self._open)
+            self._open.clear()
         for pubsub in pubsubs:
             with contextlib.suppress(Exception):
                 pubsub.close()
