@@ -10,7 +10,9 @@ process: a forked child makes its own) and, per wait:
 3. wake on the key's message and take the value from the message itself (the writer publishes
    exactly what it SET: no second GET); a message of another channel (left over from an earlier
    wait) is skipped;
-4. ``UNSUBSCRIBE <key>`` (sent, not waited for: its confirmation is skipped by the next wait).
+4. ``UNSUBSCRIBE <key>``, sent by the next wait before its own SUBSCRIBE (off the path from
+   the message to ``get()`` returning; its confirmation and any later message of that key are
+   skipped: everything before the next SUBSCRIBE's confirmation is).
 
 Deletes and expiry publish nothing, so the key is also re-read with backoff (50 ms doubling up
 to ``recheck`` seconds). The connection is read only inside a wait: no background thread. On any
@@ -52,14 +54,14 @@ class Watcher:
         pubsub: PubSub | None = getattr(local, "pubsub", None)
         if pubsub is None or local.pid != os.getpid():
             pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-            local.pubsub, local.pid = pubsub, os.getpid()
+            local.pubsub, local.pid, local.left = pubsub, os.getpid(), None
             with self._lock:
                 self._open.add(pubsub)
         return pubsub
 
     def _drop(self) -> None:
         pubsub: PubSub | None = getattr(self._local, "pubsub", None)
-        self._local.pubsub = None
+        self._local.pubsub = self._local.left = None
         if pubsub is not None:
             with self._lock:
                 self._open.discard(pubsub)
@@ -69,13 +71,17 @@ class Watcher:
     def watch(self, full: str, previous: bytes | None, deadline: float) -> bytes | None:
         """The value of ``full`` once it differs from ``previous``, or at ``deadline``."""
         pubsub = self._pubsub()
+        local = self._local
         channel = full.encode()
         done = False
         try:
+            if local.left is not None:  # the last wait's channel: unsubscribed off its path
+                pubsub.unsubscribe(local.left)  # type: ignore[no-untyped-call]
+                local.left = None
             pubsub.subscribe(full)
+            local.left = full
             self._confirmed(pubsub, channel, deadline)
             value = self._wait(pubsub, full, channel, previous, deadline)
-            pubsub.unsubscribe(full)  # type: ignore[no-untyped-call]
             done = True
             return value
         finally:
