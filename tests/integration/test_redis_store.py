@@ -226,3 +226,137 @@ def test_async_wait_for_change_is_woken_by_a_sync_write(store: RedisStore, prefi
     value, elapsed = asyncio.run(scenario())
     assert value == b"v"
     assert elapsed < 1.0  # the PUBLISH woke it, not the 1 s re-read
+
+
+# -- waiting through one subscribed connection per thread (backends/redis_watch.py) -----------
+def _set_later(
+    store: RedisStore, key: str, value: bytes, background: list[threading.Thread]
+) -> None:
+    """SET ``key`` once somebody subscribes to its channel (so the wait wakes on the message)."""
+    client = store._client
+
+    def run() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not client.pubsub_numsub(store.prefix + key)[0][1]:
+            time.sleep(0.002)
+        store.set(key, value, 60)
+
+    thread = threading.Thread(target=run)
+    background.append(thread)
+    thread.start()
+
+
+def test_waits_reuse_one_subscribed_connection_per_thread(
+    store: RedisStore, client: Any, prefix: str
+) -> None:
+    writer = RedisStore(URL, options={"global_keyprefix": prefix})
+    threads: list[threading.Thread] = []
+    try:
+        for i in range(5):
+            _set_later(writer, f"k{i}", b"v%d" % i, threads)
+            assert store.wait_for_change(f"k{i}", None, 10.0) == b"v%d" % i
+        pubsub = store._watcher._local.pubsub
+        for i in range(5, 8):
+            _set_later(writer, f"k{i}", b"v%d" % i, threads)
+            assert store.wait_for_change(f"k{i}", None, 10.0) == b"v%d" % i
+            assert store._watcher._local.pubsub is pubsub
+        # every channel was unsubscribed again (the confirmations are read by the next wait)
+        assert store.wait_for_change("k0", None, 1.0) == b"v0"
+        assert set(pubsub.channels) <= {(prefix + "k0").encode()}
+    finally:
+        for thread in threads:
+            thread.join(10)
+        writer.close()
+
+
+def test_a_message_of_an_earlier_key_does_not_end_a_wait_for_another(
+    store: RedisStore, client: Any, prefix: str
+) -> None:
+    threads: list[threading.Thread] = []
+    writer = RedisStore(URL, options={"global_keyprefix": prefix})
+    try:
+        _set_later(writer, "first", b"1", threads)
+        assert store.wait_for_change("first", None, 10.0) == b"1"
+        client.set(prefix + "first", b"2")
+        client.publish(prefix + "first", b"2")  # arrives after the wait for "first" ended
+        started = time.monotonic()
+        assert store.wait_for_change("second", None, 0.3) is None
+        assert time.monotonic() - started >= 0.25
+    finally:
+        for thread in threads:
+            thread.join(10)
+        writer.close()
+
+
+def test_the_value_is_taken_from_the_message(store: RedisStore, client: Any, prefix: str) -> None:
+    def publish_only() -> None:
+        # a publish without a SET: the waiter returns what was published, without a re-read
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not client.pubsub_numsub(prefix + "k")[0][1]:
+            time.sleep(0.005)
+        client.publish(prefix + "k", b"published")
+
+    thread = threading.Thread(target=publish_only)
+    thread.start()
+    try:
+        assert store.wait_for_change("k", None, 10.0) == b"published"
+    finally:
+        thread.join(10)
+
+
+def test_each_thread_waits_on_its_own_connection(store: RedisStore, prefix: str) -> None:
+    writer = RedisStore(URL, options={"global_keyprefix": prefix})
+    found: dict[int, bytes | None] = {}
+
+    def wait(i: int) -> None:
+        found[i] = store.wait_for_change(f"t{i}", None, 10.0)
+
+    waiters = [threading.Thread(target=wait, args=(i,)) for i in range(4)]
+    try:
+        for thread in waiters:
+            thread.start()
+        for i in range(4):
+            writer.set(f"t{i}", b"done%d" % i, 60)
+        for thread in waiters:
+            thread.join(15)
+        assert found == {i: b"done%d" % i for i in range(4)}
+    finally:
+        writer.close()
+
+
+def test_close_closes_the_subscribed_connections(store: RedisStore, client: Any) -> None:
+    store.set("c", b"x", 60)
+    assert store.wait_for_change("c", None, 1.0) == b"x"
+    pubsub = store._watcher._local.pubsub
+    assert pubsub.connection is not None
+    store.close()
+    assert pubsub.connection is None
+
+
+def test_a_forked_child_waits_on_its_own_connection(store: RedisStore, prefix: str) -> None:
+    import multiprocessing
+
+    store.set("before", b"x", 60)
+    assert store.wait_for_change("before", None, 1.0) == b"x"  # the parent's connection exists
+    parent_pubsub = store._watcher._local.pubsub
+
+    def child(queue: Any) -> None:
+        queue.put(store.wait_for_change("forked", None, 10.0))
+
+    queue = multiprocessing.get_context("fork").SimpleQueue()
+    process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+    process.start()
+    writer = RedisStore(URL, options={"global_keyprefix": prefix})
+    threads: list[threading.Thread] = []
+    try:
+        _set_later(writer, "forked", b"from parent", threads)
+        process.join(15)
+        assert process.exitcode == 0 and queue.get() == b"from parent"
+        # the parent's subscribed connection still works
+        store.set("after", b"y", 60)
+        assert store.wait_for_change("after", None, 5.0) == b"y"
+        assert store._watcher._local.pubsub is parent_pubsub
+    finally:
+        for thread in threads:
+            thread.join(10)
+        writer.close()

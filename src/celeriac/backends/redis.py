@@ -39,8 +39,10 @@ Chord joins (spec §5.5, Celery 5.7's keys)
     count the same members, so a mixed fleet agrees on when a chord is complete.
 
 Waiting
-    ``wait_for_change`` SUBSCRIBEs to the key's channel, then GETs the key (a write between the
-    caller's read and the subscription is not missed), then wakes on each message. Deletes and
+    ``wait_for_change`` SUBSCRIBEs to the key's channel (and waits for the confirmation), then
+    GETs the key (a write between the caller's read and the subscription is not missed), then
+    wakes on the key's message and takes the value from it. The sync store keeps one subscribed
+    connection per thread (``redis_watch.Watcher``); the async store one per wait. Deletes and
     expiry publish nothing, so the key is also re-read at most every second.
 
 Reconnecting
@@ -74,6 +76,7 @@ from redis.backoff import ExponentialBackoff
 from celeriac._internal.redis_link import Link
 from celeriac.backends.base import AsyncKeyValueStore, KeyValueStore
 from celeriac.backends.joins import JoinAdd, JoinState
+from celeriac.backends.redis_watch import Watcher
 from celeriac.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
@@ -304,6 +307,7 @@ class RedisStore(KeyValueStore):
         self._set_publish = self._client.register_script(SET_PUBLISH)
         self._join_add_script = self._client.register_script(JOIN_ADD)
         self._join_finish_script = self._client.register_script(JOIN_FINISH)
+        self._watcher = Watcher(self._client, recheck=RECHECK_SECONDS)
 
     def _run(self, what: str, func: Callable[..., T], *args: Any) -> T:
         while True:
@@ -370,20 +374,7 @@ class RedisStore(KeyValueStore):
             return value
 
     def _watch(self, full: str, previous: bytes | None, deadline: float) -> bytes | None:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        try:
-            pubsub.subscribe(full)
-            step = 0.05
-            while True:
-                value = _as_bytes(self._client.get(full))
-                remaining = deadline - time.monotonic()
-                if value != previous or remaining <= 0:
-                    return value
-                if pubsub.get_message(timeout=min(remaining, step)) is None:
-                    step = min(step * 2, RECHECK_SECONDS)
-        finally:
-            with contextlib.suppress(redis.RedisError):
-                pubsub.close()
+        return self._watcher.watch(full, previous, deadline)
 
     # -- chord joins (added for the canvas; see the module docstring) --------------------------
     def join_add_many(
@@ -408,6 +399,7 @@ class RedisStore(KeyValueStore):
         return bool(self._run("join", lambda: self._join_finish_script(keys=keys, args=args)))
 
     def close(self) -> None:
+        self._watcher.close()
         with contextlib.suppress(redis.RedisError):
             self._client.close()
 
