@@ -452,11 +452,18 @@ class Settings(Mapping[str, Any]):
         return cache  # type: ignore[no-any-return]
 
     def __getitem__(self, key: str) -> Any:
-        return self._values()[canonical(key)]
+        values = self._values()
+        try:  # the canonical spelling: one dict lookup (the hot path of every publish)
+            return values[key]
+        except KeyError:
+            return values[canonical(key)]
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)
+        values = self._cache
+        if values is not None and key in values:
+            return values[key]
         try:
             return self[key]
         except ImproperlyConfigured as exc:

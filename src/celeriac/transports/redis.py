@@ -225,7 +225,15 @@ class RedisTransport(Transport):
 
     # -- producer side -----------------------------------------------------------------------
     def publish(self, queue: str, message: RawMessage, *, eta: float | None = None) -> None:
-        self.publish_many([(queue, message, eta)])
+        if queue not in self._core.declared:
+            self.publish_many([(queue, message, eta)])
+            return
+        # The common case (queue declared by this process): one command, no pipeline set-up.
+        key, payload, score = self._core.encode(queue, message, eta, time.time())
+        if score is None:
+            self._run("publish", self._client.execute_command, "LPUSH", key, payload)
+        else:
+            self._run("publish", self._client.execute_command, "ZADD", key, score, payload)
 
     def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
         if items:
