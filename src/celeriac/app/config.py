@@ -451,6 +451,12 @@ class Settings(Mapping[str, Any]):
             object.__setattr__(self, "_cache", cache)
         return cache  # type: ignore[no-any-return]
 
+    def resolved(self) -> dict[str, Any]:
+        """Every setting's value by canonical name (defaults included): one dict, built on first
+        read and rebuilt after a change. Read it, never write to it (the publish path reads its
+        settings from here: a dict lookup each)."""
+        return self._values()
+
     def __getitem__(self, key: str) -> Any:
         values = self._values()
         try:  # the canonical spelling: one dict lookup (the hot path of every publish)
