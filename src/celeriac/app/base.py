@@ -290,19 +290,26 @@ class Celeriac:
         retry: bool | None,
         policy: dict[str, Any] | None,
     ) -> None:
-        conf = self.conf
-        retry = conf.task_publish_retry if retry is None else retry
-        policy = {**conf.task_publish_retry_policy, **(policy or {})}
-        max_retries = int(policy.get("max_retries") or 0) if retry else 0
+        transport = self.transport
+        try:  # the common case: the first attempt works (no retry policy to work out)
+            transport.publish(queue, raw, eta=eta)
+            return
+        except OperationalError:
+            conf = self.conf
+            retry = conf.task_publish_retry if retry is None else retry
+            policy = {**conf.task_publish_retry_policy, **(policy or {})}
+            max_retries = int(policy.get("max_retries") or 0) if retry else 0
+            if max_retries <= 0:
+                raise
         interval = float(policy.get("interval_start", 0))
-        for attempt in range(max_retries + 1):
+        for attempt in range(1, max_retries + 1):
+            time.sleep(interval)
             try:
                 self.transport.publish(queue, raw, eta=eta)
                 return
             except OperationalError:
                 if attempt >= max_retries:
                     raise
-                time.sleep(interval)
                 interval = min(
                     interval + float(policy.get("interval_step", 0.2)),
                     float(policy.get("interval_max", 1)),

@@ -218,7 +218,7 @@ class Task(Generic[P, R]):
         here, before anything is sent, as in Celery.
         """
         if self.typing:
-            self.check_arguments(tuple(args or ()), dict(kwargs or {}))
+            self.check_arguments(args or (), kwargs or {})
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task=self, **options)
@@ -334,6 +334,10 @@ class Task(Generic[P, R]):
             import inspect
 
             shape = self._shape = _Shape(inspect.signature(self.run))
+        if type(args) is not tuple and type(args) is not list:
+            args = tuple(args)
+        if type(kwargs) is not dict:
+            kwargs = dict(kwargs)
         if shape.fits(args, kwargs):
             return
         sig = shape.sig

@@ -156,7 +156,7 @@ def _pipe_publish(
     Consecutive messages for the same list go in one variadic ``LPUSH key v1 v2 ...``, which
     leaves the list exactly as one ``LPUSH`` per message in that order would."""
     now, new = time.time(), set()
-    run_key, run = "", []
+    run_key, run = "", list[bytes]()
     for queue, message, eta in items:
         if queue not in new:
             for key, member in core.declarations(queue):
