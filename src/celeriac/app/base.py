@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol
 from celeriac import signals
 from celeriac.app import config
 from celeriac.app import context as ctx
-from celeriac.app.messages import Publication, from_signature, prepare
 from celeriac.app.registry import SHARED_TASKS, TaskRegistry
 from celeriac.app.task import Task
 from celeriac.exceptions import ImproperlyConfigured, OperationalError
 
 if TYPE_CHECKING:
+    from celeriac.app.messages import Publication
     from celeriac.backends.base import ResultBackend
     from celeriac.protocol.envelope import RawMessage
     from celeriac.protocol.message import TaskMessage
@@ -225,6 +225,8 @@ class Celeriac:
         task = options.pop("task", None)
         if task is None and name in self._tasks:
             task = self._tasks[name]
+        from celeriac.app.messages import prepare  # imported on first send: cheap app import
+
         return prepare(self, name, args, kwargs, task=task, **options)
 
     def publication_from_signature(
@@ -235,6 +237,8 @@ class Celeriac:
         parent: TaskMessage | None = None,
         chain: list[dict[str, Any]] | None = None,
     ) -> Publication:
+        from celeriac.app.messages import from_signature
+
         return from_signature(self, sig, args_prefix=args_prefix, parent=parent, chain=chain)
 
     def encode(self, message: TaskMessage) -> RawMessage:
