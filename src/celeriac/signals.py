@@ -6,12 +6,9 @@ raises is logged and does not stop the others (Celery's ``send_robust`` behaviou
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import Any
-
-logger = logging.getLogger("celeriac.signals")
 
 Receiver = Callable[..., Any]
 
@@ -67,7 +64,11 @@ class Signal:
             try:
                 results.append((receiver, receiver(signal=self, sender=sender, **named)))
             except Exception as exc:
-                logger.exception("Signal handler %r raised: %r", receiver, exc)
+                import logging  # here: ``import celeriac`` does not load logging
+
+                logging.getLogger("celeriac.signals").exception(
+                    "Signal handler %r raised: %r", receiver, exc
+                )
                 results.append((receiver, exc))
         return results
 

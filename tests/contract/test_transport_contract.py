@@ -155,6 +155,19 @@ def test_publish_many(transport: Transport) -> None:
     assert transport.fetch(["q"], 1, 0.1) == []
 
 
+def test_publish_many_keeps_order_across_queues_and_priorities(transport: Transport) -> None:
+    # interleaved queues and priorities: each queue still serves its messages in publish order
+    items = [(q, msg(f"{q}{i}", 9 if i % 3 == 0 else None), None) for i in range(9) for q in "ab"]
+    transport.publish_many(items)
+    transport.publish("a", msg("a-last"))
+    got_a = bodies(fetch_until(transport, ["a"], 10))
+    got_b = bodies(fetch_until(transport, ["b"], 9))
+    plain = [f"{{}}{i}" for i in range(9) if i % 3]  # priority 0: served before 9
+    nines = [f"{{}}{i}" for i in range(9) if not i % 3]
+    assert got_a == [b.format("a") for b in plain] + ["a-last"] + [b.format("a") for b in nines]
+    assert got_b == [b.format("b") for b in plain + nines]
+
+
 # -- ack / requeue -----------------------------------------------------------------------------
 def test_ack_removes_for_good(make_transport: MakeTransport) -> None:
     transport = make_transport(lease_seconds=0.3)

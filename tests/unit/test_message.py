@@ -424,3 +424,24 @@ def test_mark_redelivered_and_unacked_entries() -> None:
     with pytest.raises(DecodeError) as info:
         loads_unacked("[1, 2]")
     assert info.value.field == "unacked"
+
+
+def test_saferepr_flat_fast_path_writes_what_the_streaming_repr_writes() -> None:
+    import random
+
+    from celeriac.protocol.message import _stream_repr, saferepr
+
+    rng = random.Random(8)
+
+    def value() -> Any:
+        text = "".join(chr(rng.randrange(32, 400)) for _ in range(rng.randrange(0, 40)))
+        return rng.choice([rng.randrange(-(10**9), 10**9), rng.random(), None, True, text])
+
+    cases: list[Any] = [(), (1,), ["it's", 'say "x"'], ("a\nb", "\\"), {"k": 1, 2: None}]
+    cases += [("x" * n,) for n in range(1016, 1026)]
+    for _ in range(3000):
+        items = [value() for _ in range(rng.randrange(0, 6))]
+        cases += [tuple(items), items, {str(i): v for i, v in enumerate(items)}]
+    for case in cases:
+        for maxlen in (None, 1024, 12, 0):
+            assert saferepr(case, maxlen) == _stream_repr(case, maxlen, 3), (case, maxlen)

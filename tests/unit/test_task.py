@@ -284,3 +284,44 @@ def test_signature_forms(app: Celeriac) -> None:
     app.conf.task_always_eager = True
     assert sig.delay(5).get() == 7
     assert add.si(1, 1).apply_async((100,)).get() == 2
+
+
+def test_precompiled_argument_check_agrees_with_signature_bind() -> None:
+    import inspect
+    import itertools
+
+    from celeriac.app.task import _Shape
+
+    def f1(x: Any, y: Any) -> None: ...
+    def f2(x: Any, y: Any = 1, *a: Any, z: Any, w: Any = 2, **k: Any) -> None: ...
+    def f3(*args: Any, **kw: Any) -> None: ...
+    def f4(x: Any, *, y: Any) -> None: ...
+    def f5() -> None: ...
+    def f6(x: Any, y: Any = 2, **kw: Any) -> None: ...
+
+    names = ["x", "y", "z", "w", "k", "q"]
+    for fn in (f1, f2, f3, f4, f5, f6):
+        sig = inspect.signature(fn)
+        shape = _Shape(sig)
+        for count, size in itertools.product(range(4), range(3)):
+            for keys in itertools.combinations(names, size):
+                args, kwargs = tuple(range(count)), dict.fromkeys(keys, 0)
+                try:
+                    sig.bind(*args, **kwargs)
+                    binds = True
+                except TypeError:
+                    binds = False
+                assert shape.fits(args, kwargs) == binds, (fn.__name__, args, kwargs)
+
+
+def test_argument_check_still_names_the_task() -> None:
+    app = Celeriac("t", broker_url="memory://")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match=r"add\(x, y\) called with args=\(1, 2, 3\)"):
+        add.delay(1, 2, 3)
+    with pytest.raises(TypeError, match="multiple values"):
+        add.apply_async((1,), {"x": 2})

@@ -14,19 +14,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, Protocol, TypeVar, overload
-
-from typing_extensions import ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from celeriac import signals
 from celeriac.app import config
 from celeriac.app import context as ctx
-from celeriac.app.messages import Publication, from_signature, prepare
 from celeriac.app.registry import SHARED_TASKS, TaskRegistry
 from celeriac.app.task import Task
 from celeriac.exceptions import ImproperlyConfigured, OperationalError
 
 if TYPE_CHECKING:
+    from celeriac.app.messages import Publication
     from celeriac.backends.base import ResultBackend
     from celeriac.protocol.envelope import RawMessage
     from celeriac.protocol.message import TaskMessage
@@ -227,6 +225,8 @@ class Celeriac:
         task = options.pop("task", None)
         if task is None and name in self._tasks:
             task = self._tasks[name]
+        from celeriac.app.messages import prepare  # imported on first send: cheap app import
+
         return prepare(self, name, args, kwargs, task=task, **options)
 
     def publication_from_signature(
@@ -237,6 +237,8 @@ class Celeriac:
         parent: TaskMessage | None = None,
         chain: list[dict[str, Any]] | None = None,
     ) -> Publication:
+        from celeriac.app.messages import from_signature
+
         return from_signature(self, sig, args_prefix=args_prefix, parent=parent, chain=chain)
 
     def encode(self, message: TaskMessage) -> RawMessage:
@@ -292,19 +294,26 @@ class Celeriac:
         retry: bool | None,
         policy: dict[str, Any] | None,
     ) -> None:
-        conf = self.conf
-        retry = conf.task_publish_retry if retry is None else retry
-        policy = {**conf.task_publish_retry_policy, **(policy or {})}
-        max_retries = int(policy.get("max_retries") or 0) if retry else 0
+        transport = self.transport
+        try:  # the common case: the first attempt works (no retry policy to work out)
+            transport.publish(queue, raw, eta=eta)
+            return
+        except OperationalError:
+            conf = self.conf
+            retry = conf.task_publish_retry if retry is None else retry
+            policy = {**conf.task_publish_retry_policy, **(policy or {})}
+            max_retries = int(policy.get("max_retries") or 0) if retry else 0
+            if max_retries <= 0:
+                raise
         interval = float(policy.get("interval_start", 0))
-        for attempt in range(max_retries + 1):
+        for attempt in range(1, max_retries + 1):
+            time.sleep(interval)
             try:
                 self.transport.publish(queue, raw, eta=eta)
                 return
             except OperationalError:
                 if attempt >= max_retries:
                     raise
-                time.sleep(interval)
                 interval = min(
                     interval + float(policy.get("interval_step", 0.2)),
                     float(policy.get("interval_max", 1)),

@@ -451,12 +451,25 @@ class Settings(Mapping[str, Any]):
             object.__setattr__(self, "_cache", cache)
         return cache  # type: ignore[no-any-return]
 
+    def resolved(self) -> dict[str, Any]:
+        """Every setting's value by canonical name (defaults included): one dict, built on first
+        read and rebuilt after a change. Read it, never write to it (the publish path reads its
+        settings from here: a dict lookup each)."""
+        return self._values()
+
     def __getitem__(self, key: str) -> Any:
-        return self._values()[canonical(key)]
+        values = self._values()
+        try:  # the canonical spelling: one dict lookup (the hot path of every publish)
+            return values[key]
+        except KeyError:
+            return values[canonical(key)]
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_"):
             raise AttributeError(key)
+        values = self._cache
+        if values is not None and key in values:
+            return values[key]
         try:
             return self[key]
         except ImproperlyConfigured as exc:

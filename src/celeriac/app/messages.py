@@ -139,31 +139,30 @@ def _sig_dicts(value: Any) -> list[dict[str, Any]] | None:
 
 
 def _queue(
-    app: Celeriac,
+    conf: dict[str, Any],
     name: str,
     task: Task[Any, Any] | None,
     args: Any,
     kwargs: Any,
     options: dict[str, Any],
 ) -> tuple[str, dict[str, Any]]:
-    conf = app.conf
     route: dict[str, Any] = {}
     if options.get("queue") is None and options.get("routing_key") is None:
-        route = lookup_route(conf.task_routes, name, args, kwargs, options, task)
+        route = lookup_route(conf["task_routes"], name, args, kwargs, options, task)
     queue = (
         options.get("queue")
         or options.get("routing_key")
         or route.get("queue")
         or (task.queue if task is not None else None)
-        or conf.task_default_queue
+        or conf["task_default_queue"]
     )
     queue = queue_name(queue)
-    check_queue(queue, conf.task_queues, conf.task_create_missing_queues)
+    check_queue(queue, conf["task_queues"], conf["task_create_missing_queues"])
     return queue, route
 
 
 def _priority(
-    app: Celeriac,
+    conf: dict[str, Any],
     task: Task[Any, Any] | None,
     options: dict[str, Any],
     route: dict[str, Any],
@@ -173,8 +172,8 @@ def _priority(
         options.get("priority"),
         route.get("priority"),
         task.priority if task is not None else None,
-        parent.priority if parent is not None and app.conf.task_inherit_parent_priority else None,
-        app.conf.task_default_priority,
+        parent.priority if parent is not None and conf["task_inherit_parent_priority"] else None,
+        conf["task_default_priority"],
     ):
         if value is not None:
             return int(value)
@@ -192,6 +191,32 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         raise TypeError(f"apply_async() of {name!r} got an unknown option {bad!r}{hint}")
 
 
+def _check_call(name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> None:
+    if options:
+        check_options(name, options)
+    if args is not None and not isinstance(args, (list, tuple)):
+        raise TypeError(f"{name}: args must be a list or tuple, not {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"{name}: kwargs must be a dict, not {type(kwargs).__name__}")
+
+
+def _times(
+    options: dict[str, Any], expires: Any
+) -> tuple[datetime | None, datetime | None, float | None]:
+    """(eta, expires, due Unix time or None); the clock is read only when a time is given."""
+    if expires is None and options.get("countdown") is None and options.get("eta") is None:
+        return None, None, None
+    now = utcnow()
+    eta = _eta(options, now)
+    due = eta.timestamp() if eta is not None and eta > now else None
+    return eta, _expires(expires, now), due
+
+
+def _parent() -> ctx.Context | None:
+    current = ctx.top()
+    return current[1] if current is not None and not current[1].called_directly else None
+
+
 def prepare(
     app: Celeriac,
     name: str,
@@ -201,19 +226,13 @@ def prepare(
     **options: Any,
 ) -> Publication:
     """The ``Publication`` for calling task ``name`` with ``args``/``kwargs`` and options."""
-    check_options(name, options)
-    if args is not None and not isinstance(args, (list, tuple)):
-        raise TypeError(f"{name}: args must be a list or tuple, not {type(args).__name__}")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise TypeError(f"{name}: kwargs must be a dict, not {type(kwargs).__name__}")
-    conf = app.conf
-    now = utcnow()
-    current = ctx.top()
-    parent = current[1] if current is not None and not current[1].called_directly else None
-    queue, route = _queue(app, name, task, args, kwargs, options)
+    _check_call(name, args, kwargs, options)
+    conf = app.conf.resolved()
+    parent = _parent()
+    queue, route = _queue(conf, name, task, args, kwargs, options)
     task_id = options.get("task_id") or new_id()
-    eta = _eta(options, now)
-    expires_opt = options.get("expires", task.expires if task is not None else None)
+    default_expires = task.expires if task is not None else None
+    eta, expires, due = _times(options, options.get("expires", default_expires))
     parent_id = options.get("parent_id") or (parent.id if parent is not None else None)
     root_id = options.get("root_id") or (parent.root_id if parent is not None else None)
     ignore_result = options.get("ignore_result")
@@ -230,7 +249,7 @@ def prepare(
         chord=options.get("chord"),
         shadow=options.get("shadow") or (task.shadow_name if task is not None else None),
         eta=eta,
-        expires=_expires(expires_opt, now),
+        expires=expires,
         group=options.get("group_id"),
         group_index=options.get("group_index"),
         retries=int(options.get("retries") or 0),
@@ -242,15 +261,14 @@ def prepare(
         replaced_task_nesting=int(options.get("replaced_task_nesting") or 0),
         extra_headers=dict(options.get("headers") or {}),
         reply_to=options.get("reply_to") or _reply_to(),
-        priority=_priority(app, task, options, route, parent),
+        priority=_priority(conf, task, options, route, parent),
         serializer=options.get("serializer")
         or (task.serializer if task is not None and task.serializer else None)
-        or conf.task_serializer,
+        or conf["task_serializer"],
         compression=options.get("compression")
         or (task.compression if task is not None else None)
-        or conf.task_compression,
+        or conf["task_compression"],
     )
-    due = eta.timestamp() if eta is not None and eta > now else None
     return Publication(queue, message, due)
 
 

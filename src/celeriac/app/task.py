@@ -9,13 +9,10 @@ worker's semantics (``celeriac.app.trace``). Options left unset fall back to the
 
 from __future__ import annotations
 
-import inspect
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
-
-from typing_extensions import ParamSpec
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from celeriac import states
 from celeriac._internal.ids import new_id
@@ -24,6 +21,8 @@ from celeriac.app import context as ctx
 from celeriac.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
+    import inspect
+
     from celeriac.app.base import Celeriac
     from celeriac.canvas import Signature, xmap, xstarmap
     from celeriac.canvas import chunks as Chunks
@@ -32,6 +31,49 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    import inspect  # here, not at the top: ``import celeriac`` stays cheap
+
+    return inspect.iscoroutinefunction(fn)
+
+
+class _Shape:
+    """A precompiled ``Signature.bind`` check: ``fits`` answers True for calls that surely
+    bind (the common case, a few tuple/dict operations); anything else goes to ``bind``."""
+
+    def __init__(self, sig: inspect.Signature) -> None:
+        import inspect
+
+        kind = inspect.Parameter
+        self.sig = sig
+        params = list(sig.parameters.values())
+        keyword = (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)
+        self.simple = all(p.kind != kind.POSITIONAL_ONLY for p in params)
+        self.positional = tuple(p.name for p in params if p.kind == kind.POSITIONAL_OR_KEYWORD)
+        self.var_args = any(p.kind == kind.VAR_POSITIONAL for p in params)
+        self.var_kwargs = any(p.kind == kind.VAR_KEYWORD for p in params)
+        self.keywords = frozenset(p.name for p in params if p.kind in keyword)
+        self.required = tuple(
+            (p.name, self.positional.index(p.name) if p.kind == keyword[0] else len(params))
+            for p in params
+            if p.kind in keyword and p.default is p.empty
+        )
+
+    def fits(self, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+        if not self.simple:
+            return False
+        count = len(args)
+        if count > len(self.positional) and not self.var_args:
+            return False
+        for key in kwargs:
+            if key in self.keywords:
+                if key in self.positional[:count]:
+                    return False  # given twice
+            elif not self.var_kwargs:
+                return False
+        return all(index < count or name in kwargs for name, index in self.required)
 
 
 class _FromConf(Generic[T]):
@@ -129,7 +171,7 @@ class Task(Generic[P, R]):
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self.__module__ = fn.__module__
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = _is_coroutine_function(fn)
         for key, value in options.items():
             if key == "shadow":
                 key = "shadow_name"
@@ -139,7 +181,7 @@ class Task(Generic[P, R]):
                 raise ImproperlyConfigured(f"Unknown task option {key!r} for task {self.name!r}")
             setattr(self, key, value)
         self.run: Callable[..., Any] = fn.__get__(self) if bind else fn
-        self._signature: inspect.Signature | None = None
+        self._shape: _Shape | None = None
 
     # -- the app -------------------------------------------------------------------------------
     @property
@@ -176,7 +218,7 @@ class Task(Generic[P, R]):
         here, before anything is sent, as in Celery.
         """
         if self.typing:
-            self.check_arguments(tuple(args or ()), dict(kwargs or {}))
+            self.check_arguments(args or (), kwargs or {})
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task=self, **options)
@@ -287,10 +329,18 @@ class Task(Generic[P, R]):
         """Raise ``TypeError`` naming the task when the call does not fit its signature."""
         if not self.typing:
             return
-        sig = self._signature
-        if sig is None:
-            sig = inspect.signature(self.run)
-            self._signature = sig
+        shape = self._shape
+        if shape is None:
+            import inspect
+
+            shape = self._shape = _Shape(inspect.signature(self.run))
+        if type(args) is not tuple and type(args) is not list:
+            args = tuple(args)
+        if type(kwargs) is not dict:
+            kwargs = dict(kwargs)
+        if shape.fits(args, kwargs):
+            return
+        sig = shape.sig
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:

@@ -27,6 +27,7 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
+from celeriac._internal.ids import new_id
 from celeriac.exceptions import DecodeError
 from celeriac.protocol.serialization import json_dumps, json_loads
 
@@ -73,11 +74,7 @@ def dumps_envelope(
     properties["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
     properties["priority"] = message.properties.get("priority") or 0
     properties["body_encoding"] = "base64"
-    if delivery_tag is None:
-        from uuid import uuid4
-
-        delivery_tag = str(uuid4())
-    properties["delivery_tag"] = delivery_tag
+    properties["delivery_tag"] = new_id() if delivery_tag is None else delivery_tag
     envelope = {
         "body": binascii.b2a_base64(message.body, newline=False).decode("ascii"),
         "content-encoding": message.content_encoding,

@@ -236,8 +236,44 @@ def _render(token: _Token, maxlen: int | None, maxlevels: int) -> str:
     return _truncate(value, maxlen)
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> bool:
+    """True for a value whose ``saferepr`` is its ``repr``: a number, None, or a printable
+    string without quotes or backslashes (``saferepr`` writes strings unescaped in ``'``)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    return kind is str and value.isprintable() and "'" not in value and "\\" not in value
+
+
+def _flat_repr(obj: Any, maxlen: int | None) -> str | None:
+    """``repr(obj)`` when it is exactly what the streaming ``saferepr`` writes: a tuple, list
+    or dict of plain values whose text is shorter than ``maxlen``; None otherwise."""
+    kind = type(obj)
+    if kind is dict:
+        if not all(_plain(k) and _plain(v) for k, v in obj.items()):
+            return None
+    elif kind is tuple or kind is list:
+        if not all(_plain(v) for v in obj):
+            return None
+    else:
+        return None
+    text = repr(obj)
+    return text if maxlen is None or len(text) < maxlen else None
+
+
 def saferepr(obj: Any, maxlen: int | None = None, maxlevels: int = REPR_MAXLEVELS) -> str:
     """Celery's ``saferepr``: the text of ``argsrepr``/``kwargsrepr`` (cut at ``maxlen``)."""
+    if maxlevels:
+        flat = _flat_repr(obj, maxlen)
+        if flat is not None:
+            return flat
+    return _stream_repr(obj, maxlen, maxlevels)
+
+
+def _stream_repr(obj: Any, maxlen: int | None, maxlevels: int) -> str:
     out: list[str] = []
     closers: list[str] = []  # closing text of every container shown and still open
     for token in _stream(obj, maxlevels, 0, set()):

@@ -132,10 +132,14 @@ def _object_hook(obj: dict[str, Any]) -> Any:
         raise DecodeError(f"bad __value__ for __type__={kind!r}: {exc}", field=kind) from exc
 
 
+#: ``json.dumps(obj, default=_json_default)`` builds this encoder on every call; built once here
+_ENCODE = json.JSONEncoder(default=_json_default).encode
+
+
 def json_dumps(obj: Any) -> str:
     """JSON text exactly as kombu writes it (``json.dumps`` defaults plus kombu's type tags)."""
     try:
-        return json.dumps(obj, default=_json_default)
+        return _ENCODE(obj)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodeError(f"cannot encode as JSON: {exc}") from exc
 

@@ -144,20 +144,35 @@ def _missing_scripts(results: list[Any]) -> list[int]:
     return [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
 
 
+#: the most values one LPUSH of ``publish_many`` carries
+_PUSH_BATCH = 1000
+
+
 def _pipe_publish(
     pipe: Any, core: Core, items: Sequence[tuple[str, RawMessage, float | None]]
 ) -> set[str]:
-    """Queue the writes of ``publish_many`` on ``pipe``; returns the queues it declares."""
+    """Queue the writes of ``publish_many`` on ``pipe``; returns the queues it declares.
+
+    Consecutive messages for the same list go in one variadic ``LPUSH key v1 v2 ...``, which
+    leaves the list exactly as one ``LPUSH`` per message in that order would."""
     now, new = time.time(), set()
+    run_key, run = "", list[bytes]()
     for queue, message, eta in items:
-        for key, member in [] if queue in new else core.declarations(queue):
-            pipe.sadd(key, member)
-        new.add(queue)
+        if queue not in new:
+            for key, member in core.declarations(queue):
+                pipe.sadd(key, member)
+            new.add(queue)
         key, payload, score = core.encode(queue, message, eta, now)
+        if score is not None or key != run_key or len(run) >= _PUSH_BATCH:
+            if run:
+                pipe.lpush(run_key, *run)
+            run_key, run = key, []
         if score is None:
-            pipe.lpush(key, payload)
+            run.append(payload)
         else:
             pipe.zadd(key, {payload: score})
+    if run:
+        pipe.lpush(run_key, *run)
     return new
 
 
@@ -225,7 +240,15 @@ class RedisTransport(Transport):
 
     # -- producer side -----------------------------------------------------------------------
     def publish(self, queue: str, message: RawMessage, *, eta: float | None = None) -> None:
-        self.publish_many([(queue, message, eta)])
+        if queue not in self._core.declared:
+            self.publish_many([(queue, message, eta)])
+            return
+        # The common case (queue declared by this process): one command, no pipeline set-up.
+        key, payload, score = self._core.encode(queue, message, eta, time.time())
+        if score is None:
+            self._run("publish", self._client.execute_command, "LPUSH", key, payload)
+        else:
+            self._run("publish", self._client.execute_command, "ZADD", key, score, payload)
 
     def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
         if items:
