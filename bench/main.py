@@ -117,6 +117,9 @@ class Runner:
         """Import times, each sample a fresh interpreter, alternating between the frameworks."""
         times: dict[str, list[float]] = {}
         result: dict[str, Any] = {}
+        for fw in job.params["frameworks"]:
+            for statement in imports.STATEMENTS[fw].values():
+                imports.warm_up(statement, self.env("redis"), str(ROOT))
         for _ in range(self.sizes.import_repeats):
             for fw in job.params["frameworks"]:
                 for name, statement in imports.STATEMENTS[fw].items():
