@@ -3,8 +3,9 @@
 An adapter is created inside a scenario subprocess (so each run imports its framework afresh)
 and offers: ``delay``/``get`` for one call, ``enqueue_bulk`` (its bulk path, or None),
 ``preload`` (fill the queue before a drain), ``chord`` (a chord of no-op tasks summed by its
-body) and ``worker_argv`` (the command of a worker with a pool and a concurrency). ``available(name)`` tells, without importing it, whether the package is
-installed, for the clean "not installed" skip of ``--peers``.
+body) and ``worker_argv`` (the command of a worker with a pool and a concurrency).
+``available(name)`` tells, without importing it, whether the package is installed, for the clean
+"not installed" skip of ``--peers``.
 """
 
 from __future__ import annotations
