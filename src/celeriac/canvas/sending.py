@@ -86,6 +86,10 @@ def send_plan(plan: Plan) -> None:
 
 #: the options that differ between the members of a group (the rest is shared)
 PER_MEMBER = ("task_id", "group_index")
+#: what ``send_plan`` leaves out of a call's options
+NOT_SENT = ("retry", "retry_policy")
+_NOT_SHARED = frozenset(PER_MEMBER + NOT_SENT)
+_MISSING = object()
 
 
 #: what ``prepare_calls`` gives per call: (task name, queue, encoded message, due time)
@@ -115,17 +119,26 @@ class _Template:
         root = message.root_id if message.root_id != message.id else None
         self.inherited_root = shared.get("root_id") or root
 
-    def fits(self, name: str, shared: dict[str, Any]) -> bool:
-        mine = self.shared
-        if name != self.name or len(shared) != len(mine):
+    def fits(self, name: str, options: dict[str, Any]) -> bool:
+        """Whether a call of ``name`` with ``options`` (a call's own) is the template's but
+        for ``PER_MEMBER``: one pass, no copy."""
+        if name != self.name:
             return False
-        return all(key in mine and mine[key] is value for key, value in shared.items())
+        mine, seen = self.shared, 0
+        for key, value in options.items():
+            if key in _NOT_SHARED:
+                continue
+            if mine.get(key, _MISSING) is not value:
+                return False
+            seen += 1
+        return seen == len(mine)
 
     def prepared(self, call: Call, options: dict[str, Any]) -> Prepared:
         """The template's message with this call's id, arguments and ``group_index``."""
         task_id = options.get("task_id") or new_id()
         args, kwargs = tuple(call.args), call.kwargs
-        body = f"[{json_dumps(args)}, {json_dumps(kwargs)}, {self.embed_tail}"
+        kwargs_json = json_dumps(kwargs) if kwargs else "{}"
+        body = f"[{json_dumps(args)}, {kwargs_json}, {self.embed_tail}"
         headers = dict(self.raw.headers)
         headers["id"] = task_id
         headers["group_index"] = options.get("group_index")
@@ -182,11 +195,11 @@ def prepare_calls(app: Celeriac, calls: Sequence[Call]) -> list[Prepared]:
             if shape not in fitting:
                 task.check_arguments(call.args, call.kwargs)
                 fitting.add(shape)
-        options = {k: v for k, v in call.options.items() if k not in ("retry", "retry_policy")}
-        shared = {k: v for k, v in options.items() if k not in PER_MEMBER}
-        if template is not None and template.fits(call.name, shared):
-            out.append(template.prepared(call, options))
+        if template is not None and template.fits(call.name, call.options):
+            out.append(template.prepared(call, call.options))
             continue
+        options = {k: v for k, v in call.options.items() if k not in NOT_SENT}
+        shared = {k: v for k, v in options.items() if k not in PER_MEMBER}
         publication = app.prepare(call.name, call.args, call.kwargs, task=task, **options)
         raw = app.encode(publication.message)
         template = None
