@@ -2,9 +2,10 @@
 
 An adapter is created inside a scenario subprocess (so each run imports its framework afresh)
 and offers: ``delay``/``get`` for one call, ``enqueue_bulk`` (its bulk path, or None),
-``preload`` (fill the queue before a drain) and ``worker_argv`` (the command of a worker with a
-pool and a concurrency). ``available(name)`` tells, without importing it, whether the package is
-installed, for the clean "not installed" skip of ``--peers``.
+``preload`` (fill the queue before a drain), ``chord`` (a chord of no-op tasks summed by its
+body) and ``worker_argv`` (the command of a worker with a pool and a concurrency).
+``available(name)`` tells, without importing it, whether the package is installed, for the clean
+"not installed" skip of ``--peers``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Adapter:
     app_module = ""
     #: the Redis list its messages wait in
     queue_key = QUEUE
+    #: the module with ``chord`` (empty: the framework has no chord in the benchmark)
+    canvas_module = ""
 
     def task(self, name: str) -> Any:
         return getattr(importlib.import_module(self.app_module), name)
@@ -73,6 +76,12 @@ class Adapter:
 
     def get(self, handle: Any, timeout: float) -> Any:
         return handle.get(timeout=timeout)
+
+    def chord(self, count: int) -> Any:
+        """``chord([add.s(i, i) for i in range(count)])(tsum.s())``: the body's result handle."""
+        canvas = importlib.import_module(self.canvas_module)
+        add, tsum = self.task("add"), self.task("tsum")
+        return canvas.chord([add.s(i, i) for i in range(count)])(tsum.s())
 
     def bulk_paths(self) -> dict[str, Callable[[str, int], None]]:
         """Description -> function sending ``count`` calls of ``task`` by a bulk path."""

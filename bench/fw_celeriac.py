@@ -18,6 +18,7 @@ from bench.frameworks import Adapter, redis_client
 class CeleriacAdapter(Adapter):
     name = "celeriac"
     app_module = "bench.apps.celeriac_app"
+    canvas_module = "celeriac.canvas"
 
     def __init__(self) -> None:
         from bench.apps import celeriac_app

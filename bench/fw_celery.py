@@ -18,6 +18,7 @@ from bench.frameworks import Adapter
 class CeleryAdapter(Adapter):
     name = "celery"
     app_module = "bench.apps.celery_app"
+    canvas_module = "celery"
 
     def __init__(self) -> None:
         from bench.apps import celery_app

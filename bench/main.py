@@ -68,6 +68,8 @@ class Runner:
         self.samples: report.Samples = {}
         self.details: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        #: what a job reported without failing (e.g. a chord that timed out)
+        self.notes: list[str] = []
 
     def env(self, broker: str, sqlite_dir: str | None = None) -> dict[str, str]:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": self.server.url}
@@ -87,6 +89,8 @@ class Runner:
             self.errors.append(message)
             print(f"  {job.label}: FAILED\n    " + str(exc).replace("\n", "\n    "), flush=True)
             return
+        if result.get("note"):
+            self.notes.append(f"round {round_no}, {job.label}: {result['note']}")
         for key, metric in job.fields.items():
             if result.get(key) is not None:
                 self.add(metric, job.column, float(result[key]))
@@ -134,7 +138,7 @@ class Runner:
 
 
 def _brief(result: dict[str, Any]) -> str:
-    shown = []
+    shown = ["TIMED OUT"] if result.get("timed_out") else []
     for key, value in result.items():
         if isinstance(value, float):
             shown.append(f"{key}={value:,.3g}" if value < 100 else f"{key}={value:,.0f}")
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": sizes.__dict__,
         "machine": info,
         "peers": peers,
-        "notes": notes,
+        "notes": notes + runner.notes,
         "errors": runner.errors,
         "samples": runner.samples,
         "runs": runner.details,

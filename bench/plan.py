@@ -24,6 +24,7 @@ class Sizes:
     raw: int = 20000
     import_repeats: int = 5
     concurrency: int = 2
+    chord: int = 10000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -36,6 +37,7 @@ class Sizes:
             sqlite_roundtrips=200,
             raw=5000,
             import_repeats=2,
+            chord=1000,
         )
 
 
@@ -162,8 +164,29 @@ def round_jobs(frameworks: list[str], sizes: Sizes, pools: list[str]) -> list[Jo
                 fields={"rss_mb": "idle.rss"},
             )
         )
+    jobs += chord_jobs(frameworks, sizes)
     jobs += sqlite_jobs(sizes)
     return jobs
+
+
+def chord_jobs(frameworks: list[str], sizes: Sizes) -> list[Job]:
+    """A chord of ``sizes.chord`` no-op tasks with a worker ``-c 2`` in the round trip's pool,
+    for each framework that has a chord (Celery and Celeriac). A generous timeout: a chord
+    that does not finish is reported as timed out, the run goes on."""
+    c, n = sizes.concurrency, sizes.chord
+    return [
+        Job(
+            label=f"chord of {n} {fw} -P {POOLS[fw]} -c {c}",
+            kind="scenario",
+            column=fw,
+            framework=fw,
+            scenario="chord",
+            params={"count": n, "pool": POOLS[fw], "concurrency": c, "timeout": 60 + n / 20},
+            fields={"seconds": "chord.total", "send_seconds": "chord.send"},
+        )
+        for fw in frameworks
+        if fw in ("celeriac", "celery")
+    ]
 
 
 def sqlite_jobs(sizes: Sizes) -> list[Job]:

@@ -75,6 +75,8 @@ COMPARED = [
     Row("rtt.send_leg", "  of which delay() -> task runs, p50", "ms", False),
     Row("rtt.result_leg", "  of which task runs -> get() returns, p50", "ms", False),
     Row("rtt.raw_ping", "  raw Redis PING p50 during it", "ms", False, context=True),
+    Row("chord.total", "chord of {chord:,} no-op tasks: call -> body's result", "s", False),
+    Row("chord.send", "  of which the client sends it", "s", False),
     Row("idle.rss", "idle worker RSS (with children)", "MiB", False),
     Row("import.pkg", "import package + app class", "ms", False),
     Row("import.app", "import task module (app + 2 tasks)", "ms", False),
@@ -154,7 +156,9 @@ def format_table(table: Table, markdown: bool = False) -> list[str]:
     return out
 
 
-def compared_table(samples: Samples, peers: list[str]) -> Table:
+def compared_table(
+    samples: Samples, peers: list[str], sizes: dict[str, Any] | None = None
+) -> Table:
     headers = ["metric", "unit", "Celeriac", "Celery", "Celeriac/Celery"]
     headers += [p.capitalize() for p in peers]
     rows = []
@@ -164,7 +168,8 @@ def compared_table(samples: Samples, peers: list[str]) -> Table:
             continue
         celery = samples.get(row.theirs, {}).get("celery", [])
         ours = data.get("celeriac", [])
-        line = [row.label, _arrow(row), cell(ours), cell(celery)]
+        label = row.label.format(chord=int((sizes or {}).get("chord", 10000)))
+        line = [label, _arrow(row), cell(ours), cell(celery)]
         compared = ratio(summary(ours)["median"], summary(celery)["median"])
         line.append("" if row.context else compared)
         line += [cell(samples.get(row.theirs, {}).get(p, [])) for p in peers]
@@ -231,7 +236,7 @@ def targets(samples: Samples) -> list[tuple[str, str, bool | None]]:
 def render(results: dict[str, Any], markdown: bool = False) -> str:
     samples: Samples = results["samples"]
     peers = results.get("peers", [])
-    lines = format_table(compared_table(samples, peers), markdown)
+    lines = format_table(compared_table(samples, peers, results.get("sizes")), markdown)
     for table in (raw_table(samples), sqlite_table(samples)):
         block = format_table(table, markdown)
         if block:

@@ -9,6 +9,7 @@ Scenarios
     ``drain``      ``count`` calls of ``task`` queued first, then a worker (``pool``,
                    ``concurrency``): first to last execution (``bench.marks``).
     ``roundtrip``  a worker, then ``count`` sequential ``delay().get()``; raw PING RTT beside.
+    ``chord``      a worker, then one chord of ``count`` no-op tasks summed by its body.
     ``idle``       a worker, one round trip to know it is up, then its peak RSS over a while.
 """
 
@@ -196,7 +197,44 @@ def idle(
     return {"rss_mb": peak / 2**20}
 
 
-SCENARIOS = {"enqueue": enqueue, "drain": drain, "roundtrip": roundtrip, "idle": idle}
+def chord(
+    adapter: frameworks.Adapter, count: int, pool: str, concurrency: int, timeout: float
+) -> dict[str, Any]:
+    """A running worker, a warm-up chord of 10, then ``chord([add.s(i, i) ...])(tsum.s())`` of
+    ``count`` header tasks: the client's send (building the signatures included) and the call to
+    ``get()`` returning the body's result. A chord not done within ``timeout`` s is reported as
+    timed out (``timed_out``, a ``note``), not as a failure of the run."""
+    _flush()
+    expected = sum(i + i for i in range(count))
+    with _worker(adapter, pool, concurrency) as worker:
+        _until_up(adapter, worker)
+        warm = adapter.get(adapter.chord(10), timeout=60)
+        if warm != 90:
+            raise RuntimeError(f"warm-up chord of 10: body returned {warm!r}, not 90")
+        start = time.perf_counter()
+        handle = adapter.chord(count)
+        sent = time.perf_counter()
+        try:
+            value = adapter.get(handle, timeout=timeout)
+        except Exception as exc:
+            if "timeout" not in type(exc).__name__.lower() and "timed out" not in str(exc):
+                raise
+            note = f"chord of {count:,} on {adapter.name}: timed out after {timeout:.0f} s"
+            return {"timed_out": True, "note": note, "send_seconds": sent - start}
+        done = time.perf_counter()
+    _flush()
+    if value != expected:
+        raise RuntimeError(f"chord of {count}: body returned {value!r}, not {expected}")
+    return {"seconds": done - start, "send_seconds": sent - start, "sum_ok": True}
+
+
+SCENARIOS = {
+    "enqueue": enqueue,
+    "drain": drain,
+    "roundtrip": roundtrip,
+    "idle": idle,
+    "chord": chord,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -31,3 +31,9 @@ def add_nr(x: int, y: int) -> int:
 def stamp() -> float:
     """When it ran (wall clock): splits a round trip into its send and its result legs."""
     return time.time()
+
+
+@app.task(name="bench.tsum")
+def tsum(values: list[int]) -> int:
+    """A chord body: the sum of the header's results."""
+    return sum(values)

@@ -258,3 +258,17 @@ def test_errors_name_the_task(env: Env) -> None:
     bare = Celeriac("bare", broker="memory://canvas-no-backend")
     with pytest.raises(ImproperlyConfigured, match=r"c\.xsum"):
         chord([signature("c.add", (1, 1), app=bare)], signature("c.xsum", app=bare)).delay()
+
+
+def test_unknown_tasks_sent_to_a_worker_fail_naming_the_task(env: Env) -> None:
+    """Sent, not applied here: the worker's answer names the task (no result left pending)."""
+    add, xsum = env.t["add"], env.t["xsum"]
+    alone = signature("c.not_registered", args=(1,), app=env.app).delay()
+    with pytest.raises(NotRegistered, match=r"c\.not_registered"):
+        alone.get(timeout=T)
+    in_chain = (add.s(1, 1) | signature("c.not_registered", app=env.app))()
+    with pytest.raises(NotRegistered, match=r"c\.not_registered"):
+        in_chain.get(timeout=T)
+    in_chord = chord([add.s(1, 1), signature("c.not_registered", app=env.app)], xsum.s())()
+    with pytest.raises(ChordError, match=r"c\.not_registered"):
+        in_chord.get(timeout=T)

@@ -404,3 +404,25 @@ def test_client_options_reach_the_connection(
     assert name in names
     kwargs = transport._client.connection_pool.connection_kwargs
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (7.5, 2.5)
+
+
+def test_publish_many_batches_pushes_and_keeps_order(
+    make: Callable[..., RedisTransport], client: Any, prefix: str
+) -> None:
+    """Runs of messages for one list go in one LPUSH of many values: the lists end up as with
+    one LPUSH each (FIFO per queue, across runs, across the batch limit)."""
+    from celeriac.transports.redis import PUSH_BATCH
+
+    transport = make()
+    names = [f"m{i:04}" for i in range(PUSH_BATCH + 5)]
+    items = [("q", msg(n), None) for n in names[:3]] + [("r", msg("r1"), None)]
+    items += [("q", msg(n), None) for n in names[3:]] + [("r", msg("r2"), None)]
+    transport.publish_many(items)
+
+    def ids(key: str) -> list[str]:  # oldest first: consumers RPOP
+        return [
+            json.loads(x)["headers"]["id"] for x in reversed(client.lrange(prefix + key, 0, -1))
+        ]
+
+    assert ids("q") == names
+    assert ids("r") == ["r1", "r2"]

@@ -19,10 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from celeriac._internal.ids import new_id
+from celeriac.app.messages import _reply_to
+from celeriac.result import AsyncResult
+
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
     from celeriac.app.task import Task
-    from celeriac.result import AsyncResult, EagerResult
+    from celeriac.result import EagerResult
 
 R = TypeVar("R")
 
@@ -189,6 +193,8 @@ class Signature(dict[str, Any], Generic[R]):
         self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
     ) -> Signature[R]:
         """A copy with ``args`` prepended, ``kwargs`` and options merged."""
+        if not args and not kwargs and not opts:  # a plain copy (a group copies every member)
+            return self._copy()
         new_args, new_kwargs, new_options = self._merge(args, kwargs, opts)
         return Signature(
             self.task,
@@ -199,6 +205,21 @@ class Signature(dict[str, Any], Generic[R]):
             immutable=self.immutable,
             app=self._app,
         )
+
+    def _copy(self) -> Signature[R]:
+        """``clone()`` with nothing to merge: the same fields, list options copied."""
+        sig: Signature[R] = Signature.__new__(Signature)
+        sig._app = self._app
+        dict.__init__(
+            sig,
+            task=self.task,
+            args=list(self.get("args") or ()),
+            kwargs=dict(self.get("kwargs") or {}),
+            options=copy_options(self.options),
+            subtask_type=self.subtask_type,
+            immutable=self.immutable,
+        )
+        return sig
 
     def replace(
         self,
@@ -257,10 +278,6 @@ class Signature(dict[str, Any], Generic[R]):
 
     def _freeze(self, _id: str | None, at: Membership) -> Any:
         """Celery's ``freeze``: ids already fixed are kept, so freezing again changes nothing."""
-        from celeriac._internal.ids import new_id
-        from celeriac.app.messages import _reply_to
-        from celeriac.result import AsyncResult
-
         opts = self.options
         task_id = opts.get("task_id") or _id or new_id()
         opts["task_id"] = task_id
@@ -285,9 +302,6 @@ class Signature(dict[str, Any], Generic[R]):
         self, plan: Plan, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any]
     ) -> Any:
         """Add this call to ``plan``; returns its result."""
-        from celeriac._internal.ids import new_id
-        from celeriac.result import AsyncResult
-
         new_args, new_kwargs, opts = self._merge(args, kwargs, options)
         for key in NOT_OPTIONS:
             opts.pop(key, None)

@@ -498,11 +498,11 @@ class chord(Signature[Any]):
     ) -> Any:
         kwargs = dict(kwargs or {})
         body = kwargs.pop("body", None)
-        sig = self
-        if body is not None:
-            sig = self.clone()
-            sig.body = body
-        return apply_composite(sig, args, kwargs, options)
+        if body is None:
+            return apply_composite(self, args, kwargs, options)
+        sig = self.clone()  # the caller's chord keeps its body: send a copy, not a copy's copy
+        sig.body = body
+        return apply_composite(sig, args, kwargs, options, private=True)
 
     def apply(
         self,

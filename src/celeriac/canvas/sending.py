@@ -9,9 +9,14 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from celeriac._internal.ids import new_id
 from celeriac.app import context as ctx
-from celeriac.canvas.base import Membership, Plan, Signature, maybe_signature, signature
+from celeriac.app.messages import Publication
+from celeriac.canvas.base import Call, Membership, Plan, Signature, maybe_signature, signature
 from celeriac.exceptions import ImproperlyConfigured
+from celeriac.protocol.envelope import RawMessage
+from celeriac.protocol.message import REPR_MAXSIZE, TaskMessage, saferepr
+from celeriac.protocol.serialization import json_dumps
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
@@ -27,15 +32,19 @@ def apply_composite(
     args: Sequence[Any] | None,
     kwargs: dict[str, Any] | None,
     options: dict[str, Any],
+    *,
+    private: bool = False,
 ) -> Any:
     """``apply_async`` of a composite: eager when ``task_always_eager``; else a frozen copy's
-    plan is sent (all or nothing: every call's arguments are checked before any is sent)."""
+    plan is sent (all or nothing: every call's arguments are checked before any is sent).
+    ``private``: ``sig`` is already a copy of the caller's own (frozen as it is, not copied)."""
     app = sig.app
     if app.conf.task_always_eager:
         return sig.apply(args, kwargs, **options)
     add_to_parent = options.pop("add_to_parent", True)
     plan = Plan(app)
-    result = sig.clone()._plan(plan, tuple(args or ()), dict(kwargs or {}), options)
+    mine = sig if private else sig.clone()
+    result = mine._plan(plan, tuple(args or ()), dict(kwargs or {}), options)
     send_plan(plan)
     current = ctx.top()
     if add_to_parent and current is not None and not current[1].called_directly:
@@ -54,16 +63,7 @@ def send_plan(plan: Plan) -> None:
             raise ImproperlyConfigured("A chord needs a result backend to join its header")
         for group_id, size in plan.chord_sizes:
             backend.set_chord_size(group_id, size)
-    items = []
-    for call in plan.calls:
-        task = app.tasks.get(call.name) if call.name in app.tasks else None
-        if task is not None and task.typing:
-            task.check_arguments(call.args, call.kwargs)
-        options = {k: v for k, v in call.options.items() if k not in ("retry", "retry_policy")}
-        publication = app.prepare(call.name, call.args, call.kwargs, task=task, **options)
-        items.append(
-            (call.name, publication.queue, app.encode(publication.message), publication.eta)
-        )
+    items = prepare_calls(app, plan.calls)
     for name, queue, raw, _ in items:
         signals.before_task_publish.send(
             sender=name,
@@ -82,6 +82,131 @@ def send_plan(plan: Plan) -> None:
         signals.after_task_publish.send(
             sender=name, body=raw.body, headers=raw.headers, exchange="", routing_key=queue
         )
+
+
+#: the options that differ between the members of a group (the rest is shared)
+PER_MEMBER = ("task_id", "group_index")
+#: what ``send_plan`` leaves out of a call's options
+NOT_SENT = ("retry", "retry_policy")
+_NOT_SHARED = frozenset(PER_MEMBER + NOT_SENT)
+_MISSING = object()
+
+
+#: what ``prepare_calls`` gives per call: (task name, queue, encoded message, due time)
+Prepared = tuple[str, str, RawMessage, float | None]
+
+
+class _Template:
+    """The encoded message of a call, reused for the next calls of the same task whose options
+    are the same objects but for ``PER_MEMBER`` (a group's members): ``prepare`` and the
+    serialisation of the embedded callbacks/chord/chain happen once per group; each member
+    gets its own id, arguments, ``group_index`` and ``argsrepr`` in the same wire format."""
+
+    __slots__ = ("embed_tail", "inherited_root", "name", "queue", "raw", "shared")
+
+    def __init__(
+        self, name: str, shared: dict[str, Any], queue: str, message: TaskMessage, raw: RawMessage
+    ) -> None:
+        self.name = name
+        self.shared = shared
+        self.queue = queue
+        self.raw = raw
+        head = f"[{json_dumps(message.args)}, {json_dumps(message.kwargs)}, "
+        body = raw.body.decode("ascii")
+        if not body.startswith(head):  # pragma: no cover - json.dumps of a tuple is a list
+            raise AssertionError("unexpected JSON body layout")
+        self.embed_tail = body[len(head) :]  # the embed object and the closing bracket
+        root = message.root_id if message.root_id != message.id else None
+        self.inherited_root = shared.get("root_id") or root
+
+    def fits(self, name: str, options: dict[str, Any]) -> bool:
+        """Whether a call of ``name`` with ``options`` (a call's own) is the template's but
+        for ``PER_MEMBER``: one pass, no copy."""
+        if name != self.name:
+            return False
+        mine, seen = self.shared, 0
+        for key, value in options.items():
+            if key in _NOT_SHARED:
+                continue
+            if mine.get(key, _MISSING) is not value:
+                return False
+            seen += 1
+        return seen == len(mine)
+
+    def prepared(self, call: Call, options: dict[str, Any]) -> Prepared:
+        """The template's message with this call's id, arguments and ``group_index``."""
+        task_id = options.get("task_id") or new_id()
+        args, kwargs = tuple(call.args), call.kwargs
+        kwargs_json = json_dumps(kwargs) if kwargs else "{}"
+        body = f"[{json_dumps(args)}, {kwargs_json}, {self.embed_tail}"
+        headers = dict(self.raw.headers)
+        headers["id"] = task_id
+        headers["group_index"] = options.get("group_index")
+        headers["root_id"] = self.inherited_root or task_id
+        headers["argsrepr"] = plain_repr(args) or saferepr(args, REPR_MAXSIZE)
+        headers["kwargsrepr"] = saferepr(kwargs, REPR_MAXSIZE) if kwargs else "{}"
+        properties = dict(self.raw.properties)
+        properties["correlation_id"] = task_id
+        raw = RawMessage(
+            body.encode("ascii"), self.raw.content_type, self.raw.content_encoding, headers,
+            properties,
+        )  # fmt: skip
+        return (self.name, self.queue, raw, None)
+
+
+#: argument types whose ``repr`` is what ``saferepr`` (``argsrepr``) gives
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def plain_repr(args: tuple[Any, ...]) -> str | None:
+    """``argsrepr`` of arguments that are all numbers, booleans or None (``repr``, which is what
+    ``saferepr`` gives for them when short); None otherwise."""
+    if len(args) > 64 or not all(type(arg) in _PLAIN for arg in args):
+        return None
+    text = repr(args)
+    return text if len(text) <= 512 else None
+
+
+def _reusable(app: Celeriac, publication: Publication) -> bool:
+    """Whether a call's message can stand for its group: JSON, not compressed, no time in it
+    (``eta`` and ``expires`` are per message), no router that could route by the arguments,
+    no parent/root id of its own to keep."""
+    message = publication.message
+    if message.serializer != "json" or message.compression or message.extra_properties:
+        return False
+    if message.eta is not None or message.expires is not None:
+        return False
+    return not app.conf.task_routes
+
+
+def prepare_calls(app: Celeriac, calls: Sequence[Call]) -> list[Prepared]:
+    """(task name, queue, encoded message, due time) of every call, each call's arguments
+    checked against its task first.
+
+    Calls in a row of the same task with the same option objects (a group's members) share
+    one ``prepare`` and one serialisation of what they embed (``_Template``)."""
+    template: _Template | None = None
+    out: list[Prepared] = []
+    fitting: set[tuple[str, int, tuple[str, ...]]] = set()  # shapes that bind: bind once
+    for call in calls:
+        task = app.tasks.get(call.name) if call.name in app.tasks else None
+        if task is not None and task.typing:
+            shape = (call.name, len(call.args), tuple(call.kwargs))
+            if shape not in fitting:
+                task.check_arguments(call.args, call.kwargs)
+                fitting.add(shape)
+        if template is not None and template.fits(call.name, call.options):
+            out.append(template.prepared(call, call.options))
+            continue
+        options = {k: v for k, v in call.options.items() if k not in NOT_SENT}
+        shared = {k: v for k, v in options.items() if k not in PER_MEMBER}
+        publication = app.prepare(call.name, call.args, call.kwargs, task=task, **options)
+        raw = app.encode(publication.message)
+        template = None
+        if _reusable(app, publication):
+            template = _Template(call.name, shared, publication.queue, publication.message, raw)
+        out.append((call.name, publication.queue, raw, publication.eta))
+    return out
 
 
 def plan_signature(

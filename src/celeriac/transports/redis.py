@@ -144,8 +144,8 @@ def _missing_scripts(results: list[Any]) -> list[int]:
     return [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
 
 
-#: the most values one LPUSH of ``publish_many`` carries
-_PUSH_BATCH = 1000
+#: most values in one LPUSH of ``publish_many``
+PUSH_BATCH = 1000
 
 
 def _pipe_publish(
@@ -153,8 +153,8 @@ def _pipe_publish(
 ) -> set[str]:
     """Queue the writes of ``publish_many`` on ``pipe``; returns the queues it declares.
 
-    Consecutive messages for the same list go in one variadic ``LPUSH key v1 v2 ...``, which
-    leaves the list exactly as one ``LPUSH`` per message in that order would."""
+    Consecutive messages for one list go in one LPUSH with many values (up to
+    ``PUSH_BATCH``): the list ends up as with one LPUSH each, for a fraction of the work."""
     now, new = time.time(), set()
     run_key, run = "", list[bytes]()
     for queue, message, eta in items:
@@ -163,11 +163,11 @@ def _pipe_publish(
                 pipe.sadd(key, member)
             new.add(queue)
         key, payload, score = core.encode(queue, message, eta, now)
-        if score is not None or key != run_key or len(run) >= _PUSH_BATCH:
-            if run:
-                pipe.lpush(run_key, *run)
-            run_key, run = key, []
+        if run and (key != run_key or score is not None or len(run) >= PUSH_BATCH):
+            pipe.lpush(run_key, *run)
+            run = []
         if score is None:
+            run_key = key
             run.append(payload)
         else:
             pipe.zadd(key, {payload: score})
