@@ -173,3 +173,35 @@ def test_unserialisable_result_becomes_an_encode_error_failure() -> None:
     assert "SUCCESS result of task bad could not be serialised" in bad.result["exc_message"][0]
     assert bad.date_done is not None
     assert (state.succeeded, state.failed) == (0, 1)
+
+
+def test_an_ack_queued_while_results_are_written_waits_for_its_own_result() -> None:
+    log: list[tuple[str, Any]] = []
+    state = WorkerState()
+    gate = asyncio.Event()
+
+    class SlowBackend(FakeBackend):
+        async def store_many(self, metas: Sequence[ResultMeta]) -> None:
+            if not gate.is_set():
+                await gate.wait()
+            await super().store_many(metas)
+
+    async def main() -> None:
+        batch = IOBatch(FakeTransport(log), SlowBackend(log), state)  # type: ignore[arg-type]
+        for tag in ("a", "b"):
+            state.held[tag] = delivery(tag)
+        batch.store(meta("a"))
+        batch.ack(delivery("a"))
+        await asyncio.sleep(0)  # the first turn starts writing a's result
+        batch.store(meta("b"))  # b finishes while a's result is in flight
+        batch.ack(delivery("b"))
+        gate.set()
+        await batch.drain()
+
+    asyncio.run(main())
+    assert log == [
+        ("store", [("a", states.SUCCESS)]),
+        ("ack", ["a"]),
+        ("store", [("b", states.SUCCESS)]),
+        ("ack", ["b"]),
+    ]

@@ -66,6 +66,24 @@ ETA_TOLERANCE = 0.01
 FETCH_MAX = 1000
 
 
+class _Settle:
+    """The messages one loop turn settles (taken together with its results)."""
+
+    __slots__ = ("acks", "dead", "defers", "requeues")
+
+    def __init__(
+        self,
+        acks: list[Delivery],
+        requeues: list[Delivery],
+        defers: list[tuple[Delivery, float]],
+        dead: list[tuple[Delivery, str]],
+    ) -> None:
+        self.acks = acks
+        self.requeues = requeues
+        self.defers = defers
+        self.dead = dead
+
+
 class IOBatch:
     """Collects one loop turn's I/O and performs it with one call per kind (see module doc)."""
 
@@ -167,9 +185,13 @@ class IOBatch:
             self._idle.set()
 
     async def _flush(self) -> None:
+        # everything of this turn is taken at once: a message queued for settling while this
+        # turn's writes are in flight waits for the next turn, after its own result and follow-ups
         publishes, self._publishes = self._publishes, []
         results, self._results = self._results, []
         joins, self._joins = self._joins, []
+        settle = _Settle(self._acks, self._requeues, self._defers, self._dead)
+        self._acks, self._requeues, self._defers, self._dead = [], [], [], []
         self.batches += 1
         if publishes:
             call = functools.partial(self.transport.publish_many, publishes)
@@ -179,13 +201,10 @@ class IOBatch:
         if joins and self.backend is not None:
             call = functools.partial(join_chords, joins, self.backend, self.transport)
             await self._attempt("join chords", call, len(joins))
-        await self._settle()
+        await self._settle(settle)
 
-    async def _settle(self) -> None:
-        acks, self._acks = self._acks, []
-        requeues, self._requeues = self._requeues, []
-        defers, self._defers = self._defers, []
-        dead, self._dead = self._dead, []
+    async def _settle(self, settle: _Settle) -> None:
+        acks, requeues, defers, dead = settle.acks, settle.requeues, settle.defers, settle.dead
         transport = self.transport
         calls: list[Awaitable[bool]] = []
         if acks:
