@@ -3,11 +3,12 @@
 Fetching
     One fetch loop asks the transport for up to ``prefetch - busy`` deliveries at a time, where
     ``prefetch = concurrency * worker_prefetch_multiplier`` (0 means no limit) and ``busy``
-    counts held deliveries plus running tasks whose message was already acked, minus finished
-    tasks whose message is being settled (up to ``prefetch`` of them: the worker holds at most
-    2 x prefetch messages). It takes in batches: while enough requests are reserved to keep the
-    pool busy, it waits until at least half the prefetch is free; it waits when full and wakes
-    when something is released. Fetch errors are logged and retried with backoff.
+    counts held deliveries plus running tasks whose message was already acked (a finished task
+    counts until its message is settled: taking new work before the last ack is written would
+    let a task that kills the worker take finished ones down with it). It takes in batches:
+    while enough requests are reserved to keep the pool busy, it waits until at least half the
+    prefetch is free; it waits when full and wakes when something is released. Fetch errors are
+    logged and retried with backoff.
 
 Dispatch (per delivery)
     ``RequestReader.read``: an ``Invalid`` message is dead-lettered (``Execution.invalid``). A
@@ -329,8 +330,6 @@ class Consumer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._executing = 0
-        #: tags of finished tasks whose message is not settled yet (see ``busy``)
-        self._finished: set[str] = set()
         self._room = asyncio.Event()
         self._stop = asyncio.Event()
         #: rate limits (worker/ratelimit.py): requests waiting for a token, outside pool slots
@@ -357,12 +356,7 @@ class Consumer:
         # requests waiting for a rate-limit token take no pool slot: up to `prefetch` of them
         # do not count, so other tasks keep flowing (the worker holds at most 2 x prefetch)
         waiting = min(len(self.limiter), self.prefetch) if self.limiter is not None else 0
-        # finished tasks whose message is being settled (result write + ack in flight): up to
-        # `prefetch` of them do not count either, so fetching overlaps that I/O
-        if self._finished:
-            self._finished = {tag for tag in self._finished if tag in state.held}
-        settling = min(len(self._finished), self.prefetch)
-        return len(state.held) + early_acked - waiting - settling
+        return len(state.held) + early_acked - waiting
 
     def room(self) -> int:
         if self.prefetch <= 0:
@@ -492,8 +486,6 @@ class Consumer:
             finally:
                 self._executing -= 1
                 self.state.active.pop(request.tag, None)
-                if not request.acked:
-                    self._finished.add(request.tag)
                 self.state.notify()
                 self._room.set()
                 self._start_reserved()
