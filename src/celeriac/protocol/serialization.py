@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from celeriac.exceptions import ContentDisallowed, DecodeError, EncodeError, ImproperlyConfigured
@@ -132,14 +133,24 @@ def _object_hook(obj: dict[str, Any]) -> Any:
         raise DecodeError(f"bad __value__ for __type__={kind!r}: {exc}", field=kind) from exc
 
 
-#: ``json.dumps(obj, default=_json_default)`` builds this encoder on every call; built once here
-_ENCODE = json.JSONEncoder(default=_json_default).encode
+#: ``json.dumps(obj, default=_json_default)`` builds a C encoder (and its circular-reference
+#: table) on every call; this one is built once. Without the table a cyclic value ends in
+#: ``RecursionError`` instead of ``ValueError``: both are an ``EncodeError`` below.
+_FLAGS = (False, False, True)  # sort_keys, skipkeys, allow_nan: json.dumps' defaults
+_C_ENCODE: Any = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(None, _json_default, encode_basestring_ascii, None, ": ", ", ", *_FLAGS)
+)
+_PY_ENCODE = json.JSONEncoder(default=_json_default).encode
 
 
 def json_dumps(obj: Any) -> str:
     """JSON text exactly as kombu writes it (``json.dumps`` defaults plus kombu's type tags)."""
     try:
-        return _ENCODE(obj)
+        if _C_ENCODE is None:  # no C accelerator in this Python
+            return _PY_ENCODE(obj)
+        return "".join(_C_ENCODE(obj, 0))
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodeError(f"cannot encode as JSON: {exc}") from exc
 
