@@ -32,6 +32,7 @@ from celeriac._internal.ids import new_id
 from celeriac.exceptions import DecodeError
 from celeriac.protocol.serialization import json_dumps, json_loads
 
+
 def _str(value: Any) -> str:
     """A JSON string (or, for a value that is not a str, its JSON text)."""
     return _quote(value) if type(value) is str else json_dumps(value)
