@@ -258,11 +258,13 @@ def _flat_repr(obj: Any, maxlen: int | None) -> str | None:
     or dict of plain values whose text is shorter than ``maxlen``; None otherwise."""
     kind = type(obj)
     if kind is dict:
-        if not all(_plain(k) and _plain(v) for k, v in obj.items()):
-            return None
+        for key, value in obj.items():
+            if not (_plain(key) and _plain(value)):
+                return None
     elif kind is tuple or kind is list:
-        if not all(_plain(v) for v in obj):
-            return None
+        for value in obj:
+            if not _plain(value):
+                return None
     else:
         return None
     text = repr(obj)
