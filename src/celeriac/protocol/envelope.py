@@ -34,8 +34,11 @@ from celeriac.protocol.serialization import json_dumps, json_loads
 
 
 def _str(value: Any) -> str:
-    """A JSON string (or, for a value that is not a str, its JSON text)."""
-    return _quote(value) if type(value) is str else json_dumps(value)
+    """The JSON text of ``value``, without the encoder's set-up for a str or an int."""
+    kind = type(value)
+    if kind is str:
+        return _quote(value)
+    return str(value) if kind is int else json_dumps(value)
 
 
 #: properties kombu's Redis channel sets itself, written last in this order
@@ -84,7 +87,7 @@ def dumps_envelope(
     tag = new_id() if delivery_tag is None else delivery_tag
     managed = (
         f'"delivery_info": {{"exchange": {_str(exchange)}, "routing_key": {_str(routing_key)}}}, '
-        f'"priority": {json_dumps(props.get("priority") or 0)}, '
+        f'"priority": {_str(props.get("priority") or 0)}, '
         f'"body_encoding": "base64", "delivery_tag": {_str(tag)}}}'
     )
     properties = json_dumps(rest)[:-1] + ", " + managed if rest else "{" + managed
