@@ -53,10 +53,14 @@ Guarantees
     *Waiting* never pops: when nothing is ready, ``fetch`` blocks in ``BLMOVE L L RIGHT RIGHT``
     on the base list of one watched queue (rotating between calls): it moves the tail element to
     where it was, so the list is unchanged and the command only serves as "wake me when ``L`` is
-    non-empty"; then the take script runs again. Other lists (other priority steps and queues)
-    and due delayed messages are checked at least every ``poll_interval`` (and exactly when the
-    next delayed message is due). Redis has no multi-key non-popping wait; a pop-based wait
-    (kombu's BRPOP) is what loses messages on a crash.
+    non-empty". The take script is sent in the same pipeline right behind it, so Redis runs it
+    the instant the wait ends (woken, timed out or CLIENT UNBLOCKed): one round trip per
+    wake-up, and the take is the same atomic script (that take reads the server's ``TIME``, as
+    the client's clock at send time is up to ``poll_interval`` stale). Other lists (other
+    priority steps and queues) and due delayed messages are checked at least every
+    ``poll_interval`` (and exactly when the next delayed message is due). Redis has no
+    multi-key non-popping wait; a pop-based wait (kombu's BRPOP) is what loses messages on a
+    crash.
     *Leases*: ``renew`` sets the ``unacked_index`` score to now, i.e. a fresh kombu delivery time,
     so no consumer (Celery's included) restores a message whose holder is alive. At fetch time,
     at most every ``unacked_restore_interval``, a consumer takes ``unacked_mutex`` (SET NX PX) and
