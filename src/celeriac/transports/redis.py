@@ -53,10 +53,14 @@ Guarantees
     *Waiting* never pops: when nothing is ready, ``fetch`` blocks in ``BLMOVE L L RIGHT RIGHT``
     on the base list of one watched queue (rotating between calls): it moves the tail element to
     where it was, so the list is unchanged and the command only serves as "wake me when ``L`` is
-    non-empty"; then the take script runs again. Other lists (other priority steps and queues)
-    and due delayed messages are checked at least every ``poll_interval`` (and exactly when the
-    next delayed message is due). Redis has no multi-key non-popping wait; a pop-based wait
-    (kombu's BRPOP) is what loses messages on a crash.
+    non-empty". The take script is sent in the same pipeline right behind it, so Redis runs it
+    the instant the wait ends (woken, timed out or CLIENT UNBLOCKed): one round trip per
+    wake-up, and the take is the same atomic script (that take reads the server's ``TIME``, as
+    the client's clock at send time is up to ``poll_interval`` stale). Other lists (other
+    priority steps and queues) and due delayed messages are checked at least every
+    ``poll_interval`` (and exactly when the next delayed message is due). Redis has no
+    multi-key non-popping wait; a pop-based wait (kombu's BRPOP) is what loses messages on a
+    crash.
     *Leases*: ``renew`` sets the ``unacked_index`` score to now, i.e. a fresh kombu delivery time,
     so no consumer (Celery's included) restores a message whose holder is alive. At fetch time,
     at most every ``unacked_restore_interval``, a consumer takes ``unacked_mutex`` (SET NX PX) and
@@ -138,6 +142,22 @@ def _log_dead(bad: Sequence[tuple[Delivery, str]]) -> None:
     """One ERROR line per entry the take script returned and the driver could not parse."""
     for delivery, why in bad:
         logger.error("Dead-lettered message from queue %r: %s", delivery.queue, why)
+
+
+#: a take script's reply and its lease id
+Taken = tuple[Any, str]
+
+
+def _after_wait(results: list[Any]) -> Any | None:
+    """The take reply of a ``[BLMOVE, take]`` pipeline; None when the script is not loaded."""
+    moved, reply = results
+    if isinstance(moved, Exception):
+        raise moved
+    if isinstance(reply, redis.exceptions.NoScriptError):
+        return None
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def _missing_scripts(results: list[Any]) -> list[int]:
@@ -267,10 +287,12 @@ class RedisTransport(Transport):
             return []
         deadline = time.monotonic() + max(timeout, 0.0)
         self._woken.clear()
+        taken: Taken | None = None
         while True:
             try:
-                got = self._fetch_once(queues, limit, deadline)
+                got, taken = self._fetch_once(queues, limit, deadline, taken)
             except redis.RedisError as exc:
+                taken = None
                 self._drop_blocker()
                 if self._woken.is_set():  # closed under it: not an outage
                     return []
@@ -281,29 +303,41 @@ class RedisTransport(Transport):
             if got is not None:
                 return got
 
-    def _fetch_once(self, queues: list[str], limit: int, deadline: float) -> list[Delivery] | None:
-        """Take what is ready; when nothing is, wait once and return None (go round again)."""
+    def _fetch_once(
+        self, queues: list[str], limit: int, deadline: float, taken: Taken | None
+    ) -> tuple[list[Delivery] | None, Taken | None]:
+        """Take what is ready (``taken``: what the take behind the last wait took); when
+        nothing is, wait once and return (None, the reply of the take sent behind the wait)."""
         if self._core.restore_due(time.monotonic()):
             self._restore_expired()
-        call, lease = self._core.take_call(queues, limit)
-        good, bad, next_due = self._core.parse_take(queues, self._eval(call), lease)
+        if taken is None:
+            call, lease = self._core.take_call(queues, limit)
+            taken = (self._eval(call), lease)
+        good, bad, next_due = self._core.parse_take(queues, *taken)
         self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
         _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken.is_set():
-            return good
-        self._wait(queues, block_seconds(remaining, self._core.opts, next_due, time.time()))
-        return None
+            return good, None
+        seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
+        return None, self._wait_and_take(queues, limit, seconds)
 
-    def _wait(self, queues: list[str], seconds: float) -> None:
-        watch = self._core.keys.list_key(queues[self._core.rotation % len(queues)])
-        self._core.rotation += 1
+    def _wait_and_take(self, queues: list[str], limit: int, seconds: float) -> Taken:
+        """Block until the watched list has a message (or ``seconds`` pass, or ``wake``) with
+        the take script pipelined behind the wait: Redis runs it the instant the wait ends."""
+        watch = self._core.watch_key(queues)
         if self._blocker is None:
             # no redis-py retry here: a reconnect would change the id ``wake`` unblocks
             blocker = sync_client(self._core, self.options, retries=0)
             self._blocker_id = int(blocker.client_id())
             self._blocker = blocker
-        self._blocker.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+        call, lease = self._core.take_call(queues, limit, server_time=True)
+        name, keys, args = call
+        pipe = self._blocker.pipeline(transaction=False)
+        pipe.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+        pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
+        reply = _after_wait(pipe.execute(raise_on_error=False))
+        return (self._eval(call) if reply is None else reply), lease
 
     def _drop_blocker(self) -> None:
         blocker, self._blocker, self._blocker_id = self._blocker, None, None
@@ -532,10 +566,12 @@ class AsyncRedisTransport(AsyncTransport):
             return []
         deadline = time.monotonic() + max(timeout, 0.0)
         self._woken = False
+        taken: Taken | None = None
         while True:
             try:
-                got = await self._fetch_once(queues, limit, deadline)
+                got, taken = await self._fetch_once(queues, limit, deadline, taken)
             except redis.RedisError as exc:
+                taken = None
                 if self._woken:  # closed under it: not an outage
                     return []
                 await asyncio.sleep(self._link.lost("fetch", exc, time.monotonic()))
@@ -547,23 +583,33 @@ class AsyncRedisTransport(AsyncTransport):
                 return got
 
     async def _fetch_once(
-        self, queues: list[str], limit: int, deadline: float
-    ) -> list[Delivery] | None:
-        """Take what is ready; when nothing is, wait once and return None (go round again)."""
+        self, queues: list[str], limit: int, deadline: float, taken: Taken | None
+    ) -> tuple[list[Delivery] | None, Taken | None]:
+        """Take what is ready (see ``RedisTransport._fetch_once``)."""
         if self._core.restore_due(time.monotonic()):
             await self._restore_expired()
-        call, lease = self._core.take_call(queues, limit)
-        good, bad, next_due = self._core.parse_take(queues, await self._eval(call), lease)
+        if taken is None:
+            call, lease = self._core.take_call(queues, limit)
+            taken = (await self._eval(call), lease)
+        good, bad, next_due = self._core.parse_take(queues, *taken)
         await self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
         _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken:
-            return good
+            return good, None
         seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
-        watch = self._core.keys.list_key(queues[self._core.rotation % len(queues)])
-        self._core.rotation += 1
-        await self._client.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
-        return None
+        return None, await self._wait_and_take(queues, limit, seconds)
+
+    async def _wait_and_take(self, queues: list[str], limit: int, seconds: float) -> Taken:
+        """The wait with the take pipelined behind it (see ``RedisTransport._wait_and_take``)."""
+        watch = self._core.watch_key(queues)
+        call, lease = self._core.take_call(queues, limit, server_time=True)
+        name, keys, args = call
+        pipe = self._client.pipeline(transaction=False)
+        pipe.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+        pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
+        reply = _after_wait(await pipe.execute(raise_on_error=False))
+        return (await self._eval(call) if reply is None else reply), lease
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         await self._settle("ack", self._core.ack_calls(deliveries))

@@ -399,12 +399,23 @@ class Core:
         ]
 
     # -- consuming ---------------------------------------------------------------------------
-    def take_call(self, queues: Sequence[str], limit: int) -> tuple[Call, str]:
+    def take_call(
+        self, queues: Sequence[str], limit: int, *, server_time: bool = False
+    ) -> tuple[Call, str]:
+        """The take script's call and its lease id; ``server_time``: the script reads the clock
+        of Redis (a take sent behind a blocking wait runs up to ``poll_interval`` later)."""
         self._fetches += 1
         lease = f"{self.consumer}:{self._fetches}"
-        args: list[Any] = [limit, repr(time.time()), len(queues), len(self.opts.priority_steps)]
+        now = "" if server_time else repr(time.time())
+        args: list[Any] = [limit, now, len(queues), len(self.opts.priority_steps)]
         args += [self.opts.delayed_batch, lease, *queues]
         return ("take", self.keys.take_keys(queues), args), lease
+
+    def watch_key(self, queues: Sequence[str]) -> str:
+        """The list the next blocking wait watches (the base lists of ``queues`` in turn)."""
+        key = self.keys.list_key(queues[self.rotation % len(queues)])
+        self.rotation += 1
+        return key
 
     def parse_take(
         self, queues: Sequence[str], reply: list[Any], lease: str

@@ -14,13 +14,20 @@ import hashlib
 #: in ``unacked``/``unacked_index``/``held``/``deliveries`` in the same atomic step.
 #: KEYS: unacked, unacked_index, deliveries, dead_letters, dead_index, then per queue:
 #:       delayed, held, list for each priority step.
-#: ARGV: limit, now, nqueues, nsteps, delayed batch, lease id, queue names...
+#: ARGV: limit, now ("": the server's TIME), nqueues, nsteps, delayed batch, lease id, queue
+#:       names...
 #: Returns {next delayed due time or "-1", then qi, si, envelope, count, tag per message}; an
 #: entry that is no kombu envelope is dead-lettered here and reported as qi, si, dead-letter id,
 #: 0, "" (so the driver can log it).
 TAKE = r"""
 local unacked, index, deliveries, dead, dead_index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local limit, now = tonumber(ARGV[1]), ARGV[2]
+if now == '' then
+  -- sent behind a blocking wait: the client's clock at send time would be stale, use the server's
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 local nq, ns, batch, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local stride = 2 + ns
 local function base(q) return 5 + (q - 1) * stride end
