@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,24 +41,6 @@ def _ping_request() -> str:
     assert request["redis_command"] == "PUBLISH" and request["channel"] == "/0.celery.pidbox"
     raw: str = request["raw"]
     return raw
-
-
-@pytest.fixture
-def client() -> Iterator[Any]:
-    conn = redis.Redis.from_url(URL, socket_connect_timeout=1)
-    try:
-        conn.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"no Redis at {URL}: {exc} (CI=true: servers are required)")
-        pytest.skip(f"no Redis at {URL}: {exc}")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def prefix(client: Any) -> str:
-    return f"celeriac-test-{uuid.uuid4().hex[:10]}:"
 
 
 @pytest.fixture

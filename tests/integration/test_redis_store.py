@@ -11,7 +11,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,28 +28,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "celery-wire"
-
-
-@pytest.fixture
-def client() -> Iterator[Any]:
-    conn = redis.Redis.from_url(URL, socket_connect_timeout=1)
-    try:
-        conn.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"no Redis at {URL}: {exc} (CI=true: servers are required)")
-        pytest.skip(f"no Redis at {URL}: {exc}")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def prefix(client: Any) -> Iterator[str]:
-    value = f"celeriac-test-{uuid.uuid4().hex[:10]}:"
-    yield value
-    keys = list(client.scan_iter(match=f"{value}*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,28 +40,6 @@ def _fixture(name: str) -> dict[str, Any]:
         pytest.skip(f"fixture {path} not found")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-@pytest.fixture
-def client() -> Iterator[Any]:
-    conn = redis.Redis.from_url(URL, socket_connect_timeout=1)
-    try:
-        conn.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"no Redis at {URL}: {exc} (CI=true: servers are required)")
-        pytest.skip(f"no Redis at {URL}: {exc}")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def prefix(client: Any) -> Iterator[str]:
-    value = f"celeriac-test-{uuid.uuid4().hex[:10]}:"
-    yield value
-    keys = list(client.scan_iter(match=f"{value}*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture

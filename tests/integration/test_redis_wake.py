@@ -11,8 +11,6 @@ import asyncio
 import os
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,28 +24,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 DELAY = 0.4
-
-
-@pytest.fixture
-def client() -> Iterator[Any]:
-    conn = redis.Redis.from_url(URL, socket_connect_timeout=1)
-    try:
-        conn.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"no Redis at {URL}: {exc} (CI=true: servers are required)")
-        pytest.skip(f"no Redis at {URL}: {exc}")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def prefix(client: Any) -> Iterator[str]:
-    value = f"celeriac-test-{uuid.uuid4().hex[:10]}:"
-    yield value
-    keys = list(client.scan_iter(match=f"{value}*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 def _message(body: str) -> RawMessage:
