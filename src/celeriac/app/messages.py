@@ -77,7 +77,6 @@ KNOWN_OPTIONS = frozenset(
 )
 
 _OID = threading.local()
-_NO_OPTIONS: dict[str, Any] = {}  # read only
 
 
 def _reply_to() -> str:
@@ -227,8 +226,6 @@ def prepare(
     **options: Any,
 ) -> Publication:
     """The ``Publication`` for calling task ``name`` with ``args``/``kwargs`` and options."""
-    if not options:
-        return _prepare_plain(app, name, args, kwargs, task)
     _check_call(name, args, kwargs, options)
     conf = app.conf.resolved()
     parent = _parent()
@@ -271,43 +268,6 @@ def prepare(
         compression=options.get("compression")
         or (task.compression if task is not None else None)
         or conf["task_compression"],
-    )
-    return Publication(queue, message, due)
-
-
-def _prepare_plain(
-    app: Celeriac,
-    name: str,
-    args: Sequence[Any] | None,
-    kwargs: dict[str, Any] | None,
-    task: Task[Any, Any] | None,
-) -> Publication:
-    """``prepare`` without options (every ``delay()``): the same message, without reading
-    thirty absent options; the fields left out are their defaults, as ``prepare`` sets them."""
-    _check_call(name, args, kwargs, _NO_OPTIONS)
-    conf = app.conf.resolved()
-    parent = _parent()
-    queue, route = _queue(conf, name, task, args, kwargs, _NO_OPTIONS)
-    task_id = new_id()
-    eta, expires, due = _times(_NO_OPTIONS, task.expires if task is not None else None)
-    root_id = parent.root_id if parent is not None else None
-    message = TaskMessage(
-        id=task_id,
-        task=name,
-        args=tuple(args) if args else (),
-        kwargs=dict(kwargs) if kwargs else {},
-        shadow=task.shadow_name if task is not None else None,
-        eta=eta,
-        expires=expires,
-        root_id=root_id or task_id,
-        parent_id=parent.id if parent is not None else None,
-        origin=origin(),
-        ignore_result=bool(task.ignore_result) if task is not None else False,
-        reply_to=_reply_to(),
-        priority=_priority(conf, task, _NO_OPTIONS, route, parent),
-        serializer=(task.serializer if task is not None and task.serializer else None)
-        or conf["task_serializer"],
-        compression=(task.compression if task is not None else None) or conf["task_compression"],
     )
     return Publication(queue, message, due)
 
