@@ -14,8 +14,7 @@ import pytest
 
 from celeriac import Celeriac, chord, group
 from celeriac.canvas.base import Plan
-from celeriac.canvas.sending import plain_repr, prepare_calls
-from celeriac.protocol.message import REPR_MAXSIZE, saferepr
+from celeriac.canvas.sending import prepare_calls
 
 
 @pytest.fixture
@@ -90,17 +89,3 @@ def test_mixed_tasks_and_a_parent_root(app: Celeriac) -> None:
     sig = group(members, app=app)
     sig.freeze(root_id="11111111-1111-1111-1111-111111111111")
     assert _same(app, sig) == 5
-
-
-@pytest.mark.parametrize(
-    "args",
-    [(), (1,), (1, 2), (True, None, -3, 1.5, float("inf")), (10**40,), tuple(range(64))],
-)
-def test_plain_repr_is_saferepr(args: tuple[Any, ...]) -> None:
-    assert plain_repr(args) == saferepr(args, REPR_MAXSIZE)
-
-
-def test_plain_repr_leaves_other_values_to_saferepr() -> None:
-    assert plain_repr(("x",)) is None
-    assert plain_repr(tuple(range(65))) is None
-    assert plain_repr((10**600,)) is None

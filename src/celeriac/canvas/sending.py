@@ -143,7 +143,7 @@ class _Template:
         headers["id"] = task_id
         headers["group_index"] = options.get("group_index")
         headers["root_id"] = self.inherited_root or task_id
-        headers["argsrepr"] = plain_repr(args) or saferepr(args, REPR_MAXSIZE)
+        headers["argsrepr"] = saferepr(args, REPR_MAXSIZE)
         headers["kwargsrepr"] = saferepr(kwargs, REPR_MAXSIZE) if kwargs else "{}"
         properties = dict(self.raw.properties)
         properties["correlation_id"] = task_id
@@ -152,19 +152,6 @@ class _Template:
             properties,
         )  # fmt: skip
         return (self.name, self.queue, raw, None)
-
-
-#: argument types whose ``repr`` is what ``saferepr`` (``argsrepr``) gives
-_PLAIN = frozenset({int, float, bool, type(None)})
-
-
-def plain_repr(args: tuple[Any, ...]) -> str | None:
-    """``argsrepr`` of arguments that are all numbers, booleans or None (``repr``, which is what
-    ``saferepr`` gives for them when short); None otherwise."""
-    if len(args) > 64 or not all(type(arg) in _PLAIN for arg in args):
-        return None
-    text = repr(args)
-    return text if len(text) <= 512 else None
 
 
 def _reusable(app: Celeriac, publication: Publication) -> bool:
