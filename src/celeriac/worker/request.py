@@ -57,6 +57,8 @@ class Request:
     acked: bool = False
     #: given up at cold shutdown: its outcome is discarded, its message was requeued
     abandoned: bool = False
+    #: taken back from the pool's queue before it started (warm shutdown): requeued, not run
+    withdrawn: bool = False
 
     @property
     def id(self) -> str:

@@ -21,6 +21,8 @@ class AsyncioPool(ThreadPool):
     """Coroutines on the loop, synchronous functions on a few threads."""
 
     name = "asyncio"
+    #: ``concurrency`` counts coroutines here, and sync tasks already queue for the few threads
+    queues_jobs = False
 
     def __init__(self, concurrency: int, *, threads: int | None = None) -> None:
         size = threads or min(concurrency, (os.cpu_count() or 1) + 4)

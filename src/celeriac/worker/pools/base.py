@@ -1,8 +1,11 @@
 """The pool contract, the ``async def`` runner every pool shares, and thread interruption.
 
 A pool runs one task call (a ``Job``) and returns an ``Outcome``
-(``celeriac.app.trace``); it never does broker or backend I/O. The consumer only hands a pool
-as many jobs as it has slots (``concurrency``), so a pool never queues work of its own.
+(``celeriac.app.trace``); it never does broker or backend I/O. The consumer hands a pool as many
+jobs as it has slots (``concurrency``); a pool that says it ``queues_jobs`` may also be handed
+more synchronous jobs than that, up to the worker's prefetch, which it queues and runs as its
+threads or processes free up (a thread takes its next job without waiting for the event loop).
+The consumer takes back, with ``withdraw``, a queued job that has not started (warm shutdown).
 
 - ``async def`` tasks run on the worker's event loop in every pool (no thread hop), through
   ``run_coroutine_job``: the soft time limit cancels the coroutine's current ``await`` and
@@ -56,6 +59,8 @@ class Pool(ABC):
     """Runs jobs and returns their outcomes; ``concurrency`` is how many run at once."""
 
     name: ClassVar[str] = ""
+    #: whether the pool may be handed more synchronous jobs than ``concurrency`` (it queues them)
+    queues_jobs: ClassVar[bool] = False
 
     def __init__(self, concurrency: int) -> None:
         if concurrency < 1:
@@ -74,6 +79,11 @@ class Pool(ABC):
     @abstractmethod
     async def run_sync(self, job: Job) -> Outcome:
         """Run a synchronous task function."""
+
+    def withdraw(self, job: Job) -> bool:
+        """Take back a queued ``job`` that has not started: True when it never will (its
+        ``run`` then returns a failure the caller discards); False when it runs or ran."""
+        return False
 
     async def stop(self, *, cold: bool = False) -> None:  # noqa: B027 - optional hook
         """Release threads/resources. ``cold``: do not wait for anything still running."""

@@ -2,6 +2,11 @@
 
 ``async def`` tasks run on the worker's event loop instead (see ``pools.base``).
 
+The pool queues jobs (``queues_jobs``): the consumer may hand it more short synchronous jobs
+than it has threads, and a thread that finishes one takes the next from the queue at once, so a
+run of short tasks costs no event-loop round trip between them; finished outcomes reach the loop
+in batches (``_Completions``). A queued job that has not started can be withdrawn.
+
 Time limits
     - soft: ``SoftTimeLimitExceeded`` is raised inside the thread (the task may catch it and
       clean up), at the next Python bytecode it executes.
@@ -28,7 +33,7 @@ import time
 from collections import deque
 from typing import Any
 
-from celeriac.app.trace import Outcome, execute
+from celeriac.app.trace import Failed, Outcome, execute
 from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celeriac.worker.pools.base import (
     Interruptible,
@@ -127,11 +132,13 @@ class ThreadPool(Pool):
     """Synchronous tasks on ``threads`` (default: ``concurrency``) daemon threads."""
 
     name = "threads"
+    queues_jobs = True
 
     def __init__(self, concurrency: int, *, threads: int | None = None) -> None:
         super().__init__(concurrency)
         self.size = threads or concurrency
         self._jobs: queue.SimpleQueue[_ThreadJob | None] = queue.SimpleQueue()
+        self._items: dict[Job, _ThreadJob] = {}
         self._threads: list[_PoolThread] = []
         self._completions: _Completions | None = None
         self.abandoned = 0
@@ -152,6 +159,7 @@ class ThreadPool(Pool):
         if completions is None or completions.loop is not loop:
             completions = self._completions = _Completions(loop)
         item = _ThreadJob(job, loop.create_future(), completions)
+        self._items[job] = item
         self._jobs.put(item)
         soft = None
         if job.soft_time_limit:
@@ -166,8 +174,18 @@ class ThreadPool(Pool):
             item.state.cancel()
             raise
         finally:
+            del self._items[job]
             if soft is not None:
                 soft.cancel()
+
+    def withdraw(self, job: Job) -> bool:
+        item = self._items.get(job)
+        if item is None or not item.state.cancel():
+            return False
+        if not item.future.done():
+            withdrawn = asyncio.CancelledError("job withdrawn before it started")
+            item.future.set_result(Failed(withdrawn, "", 0.0))
+        return True
 
     def _soft_limit(self, item: _ThreadJob) -> None:
         if item.state.interrupt(SoftTimeLimitExceeded):
