@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import random
 import subprocess
 import sys
 import uuid
@@ -267,3 +269,67 @@ def test_corrupt_compressed_data_is_a_decode_error() -> None:
     with pytest.raises(DecodeError) as info:
         s.decompress(b"not compressed", "application/x-gzip")
     assert info.value.field == "compression"
+
+
+# -- orjson, where installed -------------------------------------------------------------------
+ORJSON_CORPUS = [
+    b'{"a": 1, "a": 2}',
+    b"1e400",
+    b"[NaN, Infinity, -Infinity]",
+    b"123456789012345678901234567890",
+    b"-9223372036854775809",
+    b"9223372036854775808",
+    b"18446744073709551616",
+    b'"\\ud800"',
+    b'"\\ud83d\\ude00"',
+    b'"\\u0041"',
+    b"[-0.0, 0.1, 1.0000000000000002, 2.5e+3, 1E-5]",
+    b'"\xff"',
+    b"\xef\xbb\xbf[1]",
+    b"[1,]",
+    b"",
+    b'[[4, 4], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]',
+    b"[" * 2000 + b"]" * 2000,
+]
+
+
+def _verdict(call: Any, data: Any) -> tuple[str, str]:
+    try:
+        return ("ok", repr(call(data)))
+    except Exception as exc:
+        return ("error", type(exc).__name__)
+
+
+@pytest.mark.parametrize("data", ORJSON_CORPUS, ids=range(len(ORJSON_CORPUS)))
+def test_json_loads_is_the_same_with_and_without_orjson(
+    data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("orjson")
+    text = data.decode("utf-8", "replace")
+    monkeypatch.setattr(s, "_ORJSON", None)  # looked up again: orjson
+    with_orjson = [_verdict(s.json_loads, data), _verdict(s.json_loads, text)]
+    assert s._ORJSON is not None and s._ORJSON[0] is not None
+    monkeypatch.setattr(s, "_ORJSON", (None, None))  # Python's parser only
+    assert [_verdict(s.json_loads, data), _verdict(s.json_loads, text)] == with_orjson
+
+
+def test_json_loads_numbers_match_python_with_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("orjson")
+    rng = random.Random(5)
+    values: list[Any] = [rng.uniform(-1e300, 1e300) for _ in range(300)]
+    values += [rng.random() * 10 ** rng.randint(-300, 300) for _ in range(300)]
+    values += [rng.randint(-(2**70), 2**70) for _ in range(300)]
+    values += [rng.randint(-(2**63) - 5, 2**64 + 5) for _ in range(300)]
+    values += [2**63 - 1, -(2**63), 2**64 - 1, 2**64, -(2**63) - 1, 10**18, 10**19]
+    text = json.dumps(values).encode()
+    monkeypatch.setattr(s, "_ORJSON", None)
+    fast = s.json_loads(text)
+    monkeypatch.setattr(s, "_ORJSON", (None, None))
+    slow = s.json_loads(text)
+    assert fast == slow == values
+    assert [type(v) for v in fast] == [type(v) for v in values]
+    for value in values:  # one at a time too: a lone number is a whole document
+        one = json.dumps(value).encode()
+        monkeypatch.setattr(s, "_ORJSON", None)
+        got = s.json_loads(one)
+        assert got == value and type(got) is type(value), one

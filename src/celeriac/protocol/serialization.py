@@ -157,6 +157,10 @@ def json_dumps(obj: Any) -> str:
 
 #: ``(orjson.loads, orjson.JSONDecodeError)`` once looked up, ``(None, None)`` without orjson
 _ORJSON: tuple[Any, Any] | None = None
+#: 19 digits in a row may be an integer beyond 64 bits, which orjson turns into a float; found
+#: by mapping digits to "9" and the rest to " " (``bytes.translate``: 4x faster than a regex)
+_DIGITS_ONLY = bytes(0x39 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_DIGITS = b"9" * 19
 
 
 def _orjson() -> tuple[Any, Any]:
@@ -175,25 +179,26 @@ def _orjson() -> tuple[Any, Any]:
 def json_loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON, turning kombu's two-key ``__type__``/``__value__`` objects back into values.
 
-    With orjson installed, a document that holds no type tag is parsed by orjson (about 3 times
-    faster; same values). What orjson refuses but Python's parser takes (``NaN``, integers
-    beyond 64 bits, lone surrogates) or rejects goes through Python's parser, whose verdict
-    stands, so the result never depends on whether orjson is installed.
+    With orjson installed, a document (bytes) that holds no type tag is parsed by orjson (about 3
+    times faster; same values). What orjson refuses but Python's parser takes (``NaN``, ``1e400``,
+    lone surrogates) or rejects goes through Python's parser, whose verdict stands; so does a
+    document with 19 digits in a row (orjson reads an integer beyond 64 bits as a float). The
+    result never depends on whether orjson is installed.
     """
     if isinstance(data, memoryview):
         data = data.tobytes()
-    fast, fast_error = _ORJSON or _orjson()
-    if fast is not None:
-        plain = (
-            b"__type__" not in data and b"\\u00" not in data
-            if not isinstance(data, str)
-            else "__type__" not in data and "\\u00" not in data
-        )
-        if plain:
+    if not isinstance(data, str):
+        fast, fast_error = _ORJSON or _orjson()
+        if (
+            fast is not None
+            and b"__type__" not in data
+            and b"\\u00" not in data
+            and _LONG_DIGITS not in data.translate(_DIGITS_ONLY)
+        ):
             try:
                 return fast(data)
             except fast_error:
-                pass
+                pass  # Python's parser decides
     if not isinstance(data, str):
         try:
             data = bytes(data).decode("utf-8")
