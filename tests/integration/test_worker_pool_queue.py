@@ -1,8 +1,9 @@
 """Short synchronous tasks queue in the threads pool; the prefetch follows the tasks' pace.
 
-- A pool that queues jobs is handed queueable requests (sync, ``acks_late``, no time limit, no
+- A pool that queues jobs is handed queueable requests (sync, ``acks_late``, no
   ``track_started``) beyond its slots, up to the prefetch; the others wait in the consumer for a
-  slot, as before. Either way no more than ``concurrency`` tasks run at once.
+  slot, as before. Either way no more than ``concurrency`` tasks run at once. Time limits of
+  queued tasks count from their start, not from the hand-off.
 - At a warm shutdown, queued jobs that have not started go back to the broker, not run.
 - With a multiplier above 1 the prefetch grows for short tasks (at most 8x) and stays at its
   configured value for long ones; a multiplier of 1 never grows.
@@ -71,13 +72,8 @@ def test_short_sync_tasks_wait_in_the_pool_queue(app: Celeriac) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [
-        {"time_limit": 30},
-        {"soft_time_limit": 30},
-        {"track_started": True},
-        {"acks_late": False},
-    ],
-    ids=["time_limit", "soft_time_limit", "track_started", "acks_early"],
+    [{"track_started": True}, {"acks_late": False}],
+    ids=["track_started", "acks_early"],
 )
 def test_other_tasks_wait_for_a_slot(app: Celeriac, options: dict[str, Any]) -> None:
     gate = Gate()
@@ -171,3 +167,43 @@ def test_prefetch_multiplier_one_never_grows(app: Celeriac) -> None:
 def test_prefetch_window_zero_turns_growth_off(app: Celeriac) -> None:
     app.conf.worker_prefetch_window = 0
     assert _prefetch_after(app, 4, lambda i: i, 200) == 8
+
+
+@pytest.mark.parametrize("limit", ["time_limit", "soft_time_limit"])
+def test_time_limits_of_queued_tasks_count_from_their_start(app: Celeriac, limit: str) -> None:
+    @app.task(name="t.nap", **{limit: 1.0})
+    def nap(i: int) -> int:
+        time.sleep(0.6)
+        return i
+
+    with start_worker(app, concurrency=1, prefetch_multiplier=4) as worker:
+        results = [nap.delay(i) for i in range(4)]
+        assert worker.state.wait_for(lambda s: len(s.active) == 4, timeout=5)
+        # the last one starts 1.8 s after the hand-off, and each runs 0.6 s of its 1 s limit
+        assert [r.get(timeout=10) for r in results] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("limit", ["time_limit", "soft_time_limit"])
+def test_a_queued_task_still_meets_its_time_limit(app: Celeriac, limit: str) -> None:
+    from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    @app.task(name="t.nap")
+    def nap() -> str:
+        time.sleep(0.5)
+        return "slept"
+
+    @app.task(name="t.spin", **{limit: 0.8})
+    def spin() -> str:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "spun"
+
+    with start_worker(app, concurrency=1, prefetch_multiplier=4):
+        first, second = nap.delay(), spin.delay()
+        assert first.get(timeout=5) == "slept"
+        expected = TimeLimitExceeded if limit == "time_limit" else SoftTimeLimitExceeded
+        with pytest.raises(expected):
+            second.get(timeout=10)
+        meta = app.backend.get_meta(second.id)  # type: ignore[union-attr]
+        assert meta.date_done is not None

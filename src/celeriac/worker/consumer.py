@@ -25,10 +25,11 @@ Dispatch (per delivery)
     valid one that has expired is REVOKED; one with a future ``eta`` is ``defer``-red back to the
     broker (never held in memory); the rest are *reserved* and started, oldest first, as pool
     slots (``concurrency``) free up. ``acks_late=False`` acks when a task starts. A pool that
-    queues jobs (``Pool.queues_jobs``: threads, prefork) is also handed *queueable* requests
-    beyond its slots, up to the prefetch: synchronous, ``acks_late``, no time limit, no
-    ``track_started`` (their start would be announced before they start). At a warm shutdown the
-    queued ones that have not started are withdrawn from the pool and requeued, as reserved ones.
+    queues jobs (``Pool.queues_jobs``) is also handed *queueable* requests beyond its slots, up
+    to the prefetch: synchronous, ``acks_late``, no ``track_started`` (STARTED would be stored
+    before they start). Their time limits count from their start (the pool arms them then). At a
+    warm shutdown the queued ones that have not started are withdrawn from the pool and requeued,
+    as reserved ones.
 
 Batching (``IOBatch``)
     Everything the worker writes goes through one ``IOBatch``: it collects the publishes,
@@ -492,12 +493,7 @@ class Consumer:
         if not self._pool_queues or self._executing >= (self.prefetch or FETCH_MAX):
             return False
         task = request.task
-        return (
-            not task.is_async
-            and request.acks_late
-            and not request.track_started
-            and request.time_limits() == (None, None)
-        )
+        return not task.is_async and request.acks_late and not request.track_started
 
     def _start_reserved(self) -> None:
         reserved = self._reserved
@@ -633,6 +629,14 @@ class Consumer:
         """
         while self._tasks or self._background:
             await asyncio.wait({*self._tasks.values(), *self._background})
+
+    async def wait_handled(self, timeout: float) -> None:
+        """Cold shutdown, after ``abandon_running``: wait (at most ``timeout`` seconds) for the
+        tasks that had finished and whose outcomes are still being handled, so their results
+        and acks are queued before the worker requeues what it still holds."""
+        pending = [task for task in self._tasks.values() if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     def abandon_running(self) -> int:
         """Cold shutdown: requeue the messages of running tasks; their outcomes are discarded."""

@@ -58,6 +58,8 @@ logger = logging.getLogger("celeriac.worker")
 
 #: how long the final flush of results/acks may take at shutdown
 SHUTDOWN_FLUSH_TIMEOUT = 30.0
+#: at a cold shutdown, how long outcomes already being handled may take to queue their writes
+COLD_HANDLING_TIMEOUT = 5.0
 
 
 def parse_queues(queues: str | Sequence[str] | None) -> list[str]:
@@ -361,6 +363,8 @@ class Worker:
             count = consumer.abandon_running()
             if count:
                 logger.warning("Cold shutdown: requeued %d running task(s)", count)
+            # outcomes already being handled (an errback still running) queue their writes first
+            await consumer.wait_handled(COLD_HANDLING_TIMEOUT)
         await self._close(cold=is_cold)
         return is_cold
 

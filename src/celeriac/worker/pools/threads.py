@@ -89,7 +89,16 @@ class _ThreadJob:
         self.completions = completions
         self.state = Interruptible()
         self.thread: _PoolThread | None = None
+        #: when it was queued, then (set by the thread, before ``state.begin``) when it started
         self.started = time.monotonic()
+        self.soft_timer: asyncio.TimerHandle | None = None
+
+    def left(self, limit: float) -> float:
+        """Seconds left of a time limit that counts from the job's start (all of it while the
+        job waits in the queue)."""
+        if self.state.phase == Interruptible.PENDING:
+            return limit
+        return limit - (time.monotonic() - self.started)
 
     def call(self) -> Outcome:
         job = self.job
@@ -161,13 +170,16 @@ class ThreadPool(Pool):
         item = _ThreadJob(job, loop.create_future(), completions)
         self._items[job] = item
         self._jobs.put(item)
-        soft = None
         if job.soft_time_limit:
-            soft = loop.call_later(job.soft_time_limit, self._soft_limit, item)
+            item.soft_timer = loop.call_later(job.soft_time_limit, self._soft_limit, item)
         try:
-            if job.time_limit:
-                done, _ = await asyncio.wait({item.future}, timeout=job.time_limit)
-                if not done:
+            hard = left = job.time_limit or 0.0
+            while left:  # the hard limit counts from the start, not from the hand-off
+                done, _ = await asyncio.wait({item.future}, timeout=left)
+                if done:
+                    break
+                left = item.left(hard)
+                if left <= 0:
                     return self._hard_limit(item)
             return await item.future
         except asyncio.CancelledError:
@@ -175,8 +187,8 @@ class ThreadPool(Pool):
             raise
         finally:
             del self._items[job]
-            if soft is not None:
-                soft.cancel()
+            if item.soft_timer is not None:
+                item.soft_timer.cancel()
 
     def withdraw(self, job: Job) -> bool:
         item = self._items.get(job)
@@ -188,6 +200,13 @@ class ThreadPool(Pool):
         return True
 
     def _soft_limit(self, item: _ThreadJob) -> None:
+        item.soft_timer = None
+        limit = item.job.soft_time_limit or 0.0
+        left = item.left(limit)
+        if left > 0:  # it waited in the queue: the limit counts from its start
+            loop = item.completions.loop
+            item.soft_timer = loop.call_later(left, self._soft_limit, item)
+            return
         if item.state.interrupt(SoftTimeLimitExceeded):
             logger.warning(
                 "Soft time limit (%ss) exceeded for %s", item.job.soft_time_limit, item.job.label
