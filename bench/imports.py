@@ -43,9 +43,9 @@ STATEMENTS = {
         "pkg": "import dramatiq; from dramatiq.brokers.redis import RedisBroker",
         "app": "import bench.apps.dramatiq_app",
     },
-    "rq": {
+    "rq": {  # RQ's jobs are plain functions: their module alone would not import rq at all
         "pkg": "import rq; rq.Queue",
-        "app": "import bench.apps.rq_app",
+        "app": "import rq, bench.apps.rq_app",
     },
     "arq": {
         "pkg": "import arq; arq.create_pool",
