@@ -1,9 +1,12 @@
 """What the scenarios need from a framework, and the registry of frameworks.
 
 An adapter is created inside a scenario subprocess (so each run imports its framework afresh)
-and offers: ``delay``/``get`` for one call, ``enqueue_bulk`` (its bulk path, or None),
-``preload`` (fill the queue before a drain), ``chord`` (a chord of no-op tasks summed by its
-body) and ``worker_argv`` (the command of a worker with a pool and a concurrency).
+and offers: ``delay``/``get`` for one call, ``bulk_paths`` (its bulk paths by name; ``{}`` for a
+framework without one: its bulk row stays empty), ``preload`` (fill the queue before a drain),
+``queued``/``message_bytes``/``results_stored`` (what the scenarios read back from Redis to check
+the work: by default a kombu list and ``celery-task-meta-*`` keys; a peer with its own layout
+overrides them), ``chord`` (a chord of no-op tasks summed by its body) and ``worker_argv`` (the
+command of a worker with a pool and a concurrency).
 ``available(name)`` tells, without importing it, whether the package is installed, for the clean
 "not installed" skip of ``--peers``.
 """
@@ -24,10 +27,10 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
     "celeriac": ("bench.fw_celeriac:CeleriacAdapter", "celeriac"),
     "celery": ("bench.fw_celery:CeleryAdapter", "celery"),
     "huey": ("bench.fw_huey:HueyAdapter", "huey"),
-    "dramatiq": ("", "dramatiq"),
-    "rq": ("", "rq"),
-    "arq": ("", "arq"),
-    "taskiq": ("", "taskiq"),
+    "dramatiq": ("bench.fw_dramatiq:DramatiqAdapter", "dramatiq"),
+    "rq": ("bench.fw_rq:RQAdapter", "rq"),
+    "arq": ("bench.fw_arq:ArqAdapter", "arq"),
+    "taskiq": ("bench.fw_taskiq:TaskiqAdapter", "taskiq_redis"),
 }
 
 #: the queue every framework publishes to (kombu's list key for Celery and Celeriac)
@@ -93,11 +96,35 @@ class Adapter:
         clone_head(redis_client(), QUEUE, count)
         return "one delay(), cloned with fresh ids (pipelined LPUSH)"
 
+    def queued(self, client: Any) -> int:
+        """How many messages wait in the queue (``client``: redis-py)."""
+        return int(client.llen(self.queue_key))
+
+    def message_bytes(self, client: Any) -> int | None:
+        """The size on Redis of one queued message, or None when the queue is empty."""
+        head = client.lindex(self.queue_key, 0)
+        return len(head) if head else None
+
+    def results_stored(self, client: Any) -> int:
+        """How many task results are stored in Redis now."""
+        return count_keys(client, "celery-task-meta-*")
+
     def worker_argv(self, pool: str, concurrency: int) -> list[str]:
         raise NotImplementedError
 
     def python(self) -> str:
         return sys.executable
+
+
+def count_keys(client: Any, pattern: str) -> int:
+    """How many keys match ``pattern`` (SCAN, not KEYS)."""
+    return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+
+
+def hash_bytes(client: Any, key: str) -> int | None:
+    """The size of a hash's fields and values (a message kept as a hash), or None if absent."""
+    fields = client.hgetall(key)
+    return sum(len(k) + len(v) for k, v in fields.items()) or None
 
 
 def clone_head(client: Any, key: str, count: int, chunk: int = 2000) -> int:

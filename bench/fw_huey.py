@@ -2,7 +2,7 @@
 
 Huey's wire format is its own (pickled), so its queue is filled by its own calls; its bulk path
 is ``task.map(...)``; its worker is ``huey_consumer -k thread -w N``; ``get`` blocks on the result
-notice (``notify_result``) rather than polling.
+notice (``notify_result``) rather than polling; its results are the fields of one hash.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class HueyAdapter(Adapter):
     def preload(self, task: str, count: int) -> str:
         self.task(task).map((i, i) for i in range(count))
         return "task.map(...)"
+
+    def results_stored(self, client: Any) -> int:
+        """Huey keeps every result as a field of one hash."""
+        return int(client.hlen(self.module.huey.storage.result_key))
 
     def worker_argv(self, pool: str, concurrency: int) -> list[str]:
         return [

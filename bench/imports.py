@@ -39,6 +39,22 @@ STATEMENTS = {
         "pkg": "import huey; huey.RedisHuey",
         "app": "import bench.apps.huey_app",
     },
+    "dramatiq": {
+        "pkg": "import dramatiq; from dramatiq.brokers.redis import RedisBroker",
+        "app": "import bench.apps.dramatiq_app",
+    },
+    "rq": {  # RQ's jobs are plain functions: their module alone would not import rq at all
+        "pkg": "import rq; rq.Queue",
+        "app": "import rq, bench.apps.rq_app",
+    },
+    "arq": {
+        "pkg": "import arq; arq.create_pool",
+        "app": "import bench.apps.arq_app",
+    },
+    "taskiq": {
+        "pkg": "import taskiq, taskiq_redis; taskiq_redis.ListQueueBroker",
+        "app": "import bench.apps.taskiq_app",
+    },
 }
 
 

@@ -8,7 +8,10 @@ import platform
 import subprocess
 from typing import Any
 
-PACKAGES = ("celeriac", "celery", "kombu", "redis", "hiredis", "huey", "psutil", "orjson")
+PACKAGES = (
+    "celeriac", "celery", "kombu", "redis", "hiredis", "psutil", "orjson",
+    "huey", "dramatiq", "rq", "arq", "taskiq", "taskiq-redis",
+)  # fmt: skip
 
 
 def cpu_model() -> str:

@@ -4,8 +4,8 @@ Starts a private ``redis-server`` (free port, no persistence), then runs ``--rou
 every job in ``bench.plan`` (each a subprocess; Celeriac and Celery alternate), prints the table
 (``bench.report``) and writes all samples to ``bench/results/<timestamp>.json``.
 
-Options: ``--quick`` (small counts, one round: a smoke run), ``--rounds N``, ``--peers`` (Huey,
-and a "not installed" / "no adapter" note for Dramatiq, RQ, arq, taskiq), ``--only WORDS``
+Options: ``--quick`` (small counts, one round: a smoke run), ``--rounds N``, ``--peers`` (also
+Huey, Dramatiq, RQ, arq and taskiq; a "not installed" note for any that is not), ``--only WORDS``
 (jobs whose label contains one of the comma-separated words, e.g. ``--only raw,enqueue``),
 ``--no-sqlite``, ``--drain N`` (tasks per drain on Redis), ``--pools threads,asyncio,prefork``
 (Celeriac's pools for drains; ``asyncio`` is drained with results stored only).
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts, one round")
     parser.add_argument("--rounds", type=int, help="rounds (default 3; --quick: 1)")
-    parser.add_argument("--peers", action="store_true", help="also Huey (and skip notes)")
+    parser.add_argument("--peers", action="store_true", help="also Huey, Dramatiq, RQ, arq, taskiq")
     parser.add_argument("--only", help="comma-separated words: run the jobs whose label has one")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite jobs")
     parser.add_argument("--drain", type=int, metavar="N", help="tasks per drain (default 20,000)")

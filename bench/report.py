@@ -113,6 +113,10 @@ SQLITE_VERSUS = {
 }
 
 
+#: how a peer's column is headed
+PEER_NAMES = {"huey": "Huey", "dramatiq": "Dramatiq", "rq": "RQ", "arq": "arq", "taskiq": "taskiq"}
+
+
 def med(samples: Samples, metric: str, column: str) -> float:
     return summary(samples.get(metric, {}).get(column, []))["median"]
 
@@ -160,7 +164,7 @@ def compared_table(
     samples: Samples, peers: list[str], sizes: dict[str, Any] | None = None
 ) -> Table:
     headers = ["metric", "unit", "Celeriac", "Celery", "Celeriac/Celery"]
-    headers += [p.capitalize() for p in peers]
+    headers += [PEER_NAMES.get(p, p) for p in peers]
     rows = []
     for row in COMPARED:
         data = samples.get(row.metric, {})

@@ -7,8 +7,10 @@ Prints ``BENCH-RESULT <json>`` as its last line. The URLs come from the environm
 Scenarios
     ``enqueue``    ``count`` single ``delay()`` calls, then ``count`` through the bulk path.
     ``drain``      ``count`` calls of ``task`` queued first, then a worker (``pool``,
-                   ``concurrency``): first to last execution (``bench.marks``).
-    ``roundtrip``  a worker, then ``count`` sequential ``delay().get()``; raw PING RTT beside.
+                   ``concurrency``): first to last execution (``bench.marks``); checks that
+                   ``add`` left ``count`` results in Redis and ``add_nr`` none.
+    ``roundtrip``  a worker, then ``count`` sequential ``delay().get()``, each result checked;
+                   raw PING RTT beside.
     ``chord``      a worker, then one chord of ``count`` no-op tasks summed by its body.
     ``idle``       a worker, one round trip to know it is up, then its peak RSS over a while.
 """
@@ -62,18 +64,21 @@ def enqueue(adapter: frameworks.Adapter, count: int, task: str = "add") -> dict[
     for i in range(count):
         adapter.delay(task, i, i)
     single = time.perf_counter() - start
-    head = client.lindex(adapter.queue_key, 0)
+    queued = adapter.queued(client)
+    if queued != count:
+        raise RuntimeError(f"delay() loop: {queued} queued, not {count}")
+    size = adapter.message_bytes(client)
     _flush()
     result: dict[str, Any] = {
         "single_rate": count / single,
-        "message_bytes": len(head) if head else None,
+        "message_bytes": size,
         "bulk": {},
     }
     for name, send in paths.items():
         start = time.perf_counter()
         send(task, count)
         seconds = time.perf_counter() - start
-        queued = client.llen(adapter.queue_key)
+        queued = adapter.queued(client)
         if queued != count:
             raise RuntimeError(f"{name}: {queued} queued, not {count}")
         result["bulk"][name] = count / seconds
@@ -114,10 +119,13 @@ def drain(
         done, first, last = _wait_done(worker, count, timeout)
         started_at = worker.started_at
     client = frameworks.redis_client()
-    results = sum(1 for _ in client.scan_iter(match="celery-task-meta-*", count=1000))
+    results = adapter.results_stored(client)
     _flush()
     if done < count or first is None or last is None:
         raise RuntimeError(f"only {done} of {count} tasks ran within {timeout:.0f} s")
+    expected = count if task == "add" else 0
+    if results != expected:
+        raise RuntimeError(f"{task}: {results} results stored after the drain, not {expected}")
     seconds = last - first
     return {
         "rate": count / seconds if seconds > 0 else float("inf"),
@@ -154,8 +162,10 @@ def roundtrip(
         times = []
         for i in range(count):
             start = time.perf_counter()
-            adapter.get(adapter.delay("add", i, i), timeout=10)
+            value = adapter.get(adapter.delay("add", i, i), timeout=10)
             times.append((time.perf_counter() - start) * 1000)
+            if value != i + i:
+                raise RuntimeError(f"add({i}, {i}) returned {value!r}, not {i + i}")
         raw_after = ping_rtt()
         legs = _legs(adapter, max(50, count // 5))
     _flush()
