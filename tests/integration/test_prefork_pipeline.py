@@ -113,7 +113,18 @@ def register(app: Celeriac, tmp_path: Path) -> dict[str, Any]:
         time.sleep(seconds)
         return os.getpid()
 
-    return {"square": square, "hang": hang, "crash": crash, "nap": nap, "marker": marker}
+    @app.task(name="p.size")
+    def size(data: bytes) -> tuple[int, int]:
+        return len(data), os.getpid()
+
+    return {
+        "square": square,
+        "hang": hang,
+        "crash": crash,
+        "nap": nap,
+        "size": size,
+        "marker": marker,
+    }
 
 
 def test_many_short_jobs_are_pipelined_up_to_the_depth(app: Celeriac, tmp_path: Path) -> None:
@@ -132,6 +143,24 @@ def test_many_short_jobs_are_pipelined_up_to_the_depth(app: Celeriac, tmp_path: 
     assert {pid for _, pid in got} == set(children)  # both children worked, none was replaced
     assert pool.peak == 4  # pipelined, never beyond the depth
     assert pool.counters["forked"] == 2
+
+
+def test_jobs_behind_one_bigger_than_the_pipe_keep_their_order(
+    app: Celeriac, tmp_path: Path
+) -> None:
+    tasks = register(app, tmp_path)
+    square, size = tasks["square"], tasks["size"]
+    pool = Watched(1, tasks=app.tasks, pipeline_depth=4)
+    big = 1 << 20  # the pipe takes 64 KiB at a time: the rest is written when it has room
+
+    async def scenario() -> list[Outcome]:
+        await warm_up(pool, square)
+        jobs = [job(size, b"x" * big), job(square, 3), job(size, b"y" * big), job(square, 4)]
+        return list(await asyncio.gather(*(pool.run(j) for j in jobs)))
+
+    got = values(run(pool, scenario))
+    assert [v for v, _ in got] == [big, 9, big, 16]
+    assert pool.peak == 4
 
 
 def test_a_child_killed_at_its_hard_limit_fails_only_its_head(

@@ -486,6 +486,9 @@ class PreforkPool(Pool):
             self.average_runtime = average + RUNTIME_WEIGHT * (runtime - average)
 
     def _write(self, proc: _Proc, data: bytes) -> None:
+        if proc.unsent:  # behind what the pipe did not take yet, in order
+            proc.unsent += data
+            return
         try:
             written = os.write(proc.job_fd, data)
         except BlockingIOError:
