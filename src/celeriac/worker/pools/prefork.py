@@ -59,8 +59,9 @@ Limits
 Stopping: jobs still in the pool's queue are cancelled. Warm, each child's job pipe is closed, so
 it finishes the jobs written to it (its head and the short ones behind it) and exits (SIGKILL
 after ``shutdown_timeout``); cold, children get SIGTERM, then SIGKILL one second later; then the
-fork server ends. The fork server and the children also die with the worker (``PR_SET_PDEATHSIG`` on
-Linux, end-of-file on their socket or job pipe elsewhere), so none is left behind.
+fork server ends. The fork server and the children also die with the worker
+(``PR_SET_PDEATHSIG`` on Linux, end-of-file on their socket or job pipe elsewhere), so none is
+left behind.
 """
 
 from __future__ import annotations
