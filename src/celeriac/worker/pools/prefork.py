@@ -171,6 +171,9 @@ class _Proc:
         #: jobs written
         self.sent = 0
         self.idle_since = time.monotonic()
+        #: job frames sent by the current ``_dispatch``, written together at its end
+        self.outbox: list[bytes] = []
+        #: what the pipe did not take yet (written when it has room)
         self.unsent = b""
         #: close the job pipe once ``unsent`` is written
         self.ending = False
@@ -233,6 +236,8 @@ class PreforkPool(Pool):
         self._scaler: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._live_count = 0
+        #: children with frames in their outbox
+        self._outgoing: list[_Proc] = []
         self.counters = {"forked": 0, "exited": 0, "time_limits": 0, "lost": 0, "recycled": 0}
 
     # -- start ---------------------------------------------------------------------------------
@@ -397,6 +402,8 @@ class PreforkPool(Pool):
                 self._idle.append(proc)
         if waiting and not self._stopping and self._pipelining():
             self._fill()
+        if self._outgoing:
+            self._flush()
 
     def _pipelining(self) -> bool:
         average = self.average_runtime
@@ -444,8 +451,8 @@ class PreforkPool(Pool):
         return True
 
     def _send(self, proc: _Proc, running: _Running) -> bool:
-        """Write ``running`` to ``proc`` (behind its other jobs); False if it could not be
-        encoded (it failed, ``proc`` got nothing)."""
+        """Give ``running`` to ``proc`` (behind its other jobs; written by ``_dispatch``'s
+        ``_flush``); False if it could not be encoded (it failed, ``proc`` got nothing)."""
         if not self._encode(running):
             return False
         proc.running.append(running)
@@ -453,8 +460,22 @@ class PreforkPool(Pool):
         running.proc = proc
         if len(proc.running) == 1:
             self._begin(running)
-        self._write(proc, running.data)
+        if not proc.outbox:
+            self._outgoing.append(proc)
+        proc.outbox.append(running.data)
         return True
+
+    def _flush(self) -> None:
+        """Write the frames sent by this dispatch: one write per child, so that a child given
+        several jobs wakes up once."""
+        outgoing, self._outgoing = self._outgoing, []
+        for proc in outgoing:
+            outbox = proc.outbox
+            if outbox:
+                data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+                outbox.clear()
+                if proc.open and proc.job_fd >= 0:
+                    self._write(proc, data)
 
     def _begin(self, running: _Running) -> None:
         """``running`` became its child's head: it starts now (hard limit armed)."""
