@@ -5,6 +5,30 @@ process keeps doing all broker and backend I/O: a child only receives a task cal
 request context, arguments) over a pipe and sends the ``Outcome`` back (the frame format is in
 ``prefork_child``). ``async def`` tasks run on the worker's event loop, as in every pool.
 
+Jobs in flight (pipelining)
+    The pool may be handed more jobs than it has children; the extra ones wait in the pool's
+    queue (``_waiting``) and go to the first child with room. A child holds an ordered list of
+    jobs written to its pipe (``_Proc.running``): the first (the *head*) is running, the others
+    wait in the pipe, and the child runs them in order, reading the next frame as soon as it has
+    sent a result. With one job per child every task pays a whole round trip (parent writes,
+    child wakes, runs, writes, parent wakes, writes the next) with both processes idle in turn;
+    a second job already in the pipe lets the child go on at once and the parent collect
+    several results per wake-up. So a child is given up to ``PIPELINE_DEPTH`` jobs, but only
+    while tasks are short: while the pool's recent task runtime (an exponentially weighted
+    average of the outcomes' runtimes, unknown until the first outcome) is below
+    ``SHORT_TASK``; otherwise one job per child, as without pipelining. A job queued behind a
+    long task in one child's pipe would wait for it while another child idles, and a warm
+    shutdown would run it; with short tasks both delays are at most a few milliseconds. A job
+    is never written to a child beyond the tasks it has left (``max_tasks_per_child``).
+
+    A job *starts* when it becomes the head (written to an idle child, or the result before it
+    arrived): its start time and its hard time limit count from then. When a child leaves with
+    jobs still in its pipe (killed at a hard limit, died, or left after
+    ``max_tasks_per_child``/``max_memory_per_child``), only the head is settled (failure, or
+    its outcome); the jobs behind it never ran, and go back to the front of the pool's queue, in
+    order, for another child. ``withdraw`` takes a job out of the pool's queue before it was
+    written to any child.
+
 Children are forked (Linux and other systems with ``SOCK_SEQPACKET`` Unix sockets; not macOS
 or Windows, where ``ImproperlyConfigured`` says to use ``threads``), so they have the app, its
 settings and its tasks without importing anything again; they are forked by the pool's *fork
@@ -32,10 +56,12 @@ Limits
       replaced.
     - ``autoscale=(max, min)``: see ``worker.autoscale``.
 
-Stopping: warm, each child's job pipe is closed, so it finishes its task and exits (SIGKILL after
-``shutdown_timeout``); cold, children get SIGTERM, then SIGKILL one second later; then the fork
-server ends. The fork server and the children also die with the worker (``PR_SET_PDEATHSIG`` on
-Linux, end-of-file on their socket or job pipe elsewhere), so none is left behind.
+Stopping: jobs still in the pool's queue are cancelled. Warm, each child's job pipe is closed, so
+it finishes the jobs written to it (its head and the short ones behind it) and exits (SIGKILL
+after ``shutdown_timeout``); cold, children get SIGTERM, then SIGKILL one second later; then the
+fork server ends. The fork server and the children also die with the worker
+(``PR_SET_PDEATHSIG`` on Linux, end-of-file on their socket or job pipe elsewhere), so none is
+left behind.
 """
 
 from __future__ import annotations
@@ -76,6 +102,12 @@ logger = logging.getLogger("celeriac.worker.pool")
 BURY_TIMEOUT = 2.0
 #: how long the first children may take to start
 START_TIMEOUT = 10.0
+#: jobs a child may hold at once (running + waiting in its pipe) while tasks are short
+PIPELINE_DEPTH = 4
+#: tasks are *short* (pipelined) while the average runtime is below this many seconds
+SHORT_TASK = 0.005
+#: weight of the newest runtime in the average
+RUNTIME_WEIGHT = 0.2
 
 
 class ChildResult:
@@ -98,9 +130,9 @@ class ChildResult:
 
 
 class _Running:
-    """A job handed to the pool, and the child running it (once sent)."""
+    """A job handed to the pool, and the child it was written to (once sent)."""
 
-    __slots__ = ("future", "job", "proc", "seq", "started", "timer")
+    __slots__ = ("data", "future", "job", "proc", "seq", "started", "timer")
 
     def __init__(self, seq: int, job: Job, future: asyncio.Future[Outcome]) -> None:
         self.seq = seq
@@ -109,6 +141,8 @@ class _Running:
         self.proc: _Proc | None = None
         self.started = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        #: the job frame, once encoded (kept if the job goes back to the queue)
+        self.data = b""
 
     def resolve(self, outcome: Outcome) -> None:
         if self.timer is not None:
@@ -127,13 +161,22 @@ class _Proc:
         self.job_fd = job_fd
         self.result_fd = result_fd
         self.reader = FrameReader()
-        self.running: _Running | None = None
+        #: the jobs written to the child, in order: the head runs, the others wait in its pipe
+        self.running: deque[_Running] = deque()
         #: takes no more jobs (leaving, being stopped, or killed)
         self.retiring = False
         self.open = True
+        #: results received
         self.tasks = 0
+        #: jobs written
+        self.sent = 0
         self.idle_since = time.monotonic()
+        #: job frames sent by the current ``_dispatch``, written together at its end
+        self.outbox: list[bytes] = []
+        #: what the pipe did not take yet (written when it has room)
         self.unsent = b""
+        #: close the job pipe once ``unsent`` is written
+        self.ending = False
         #: the wait status, set when the fork server reports the exit (None: unknown)
         self.exited: asyncio.Future[int | None] = exited
 
@@ -161,6 +204,7 @@ class PreforkPool(Pool):
         autoscale: tuple[int, int] | None = None,
         autoscale_keepalive: float = DEFAULT_KEEPALIVE,
         shutdown_timeout: float = 10.0,
+        pipeline_depth: int = PIPELINE_DEPTH,
     ) -> None:
         if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
             raise ImproperlyConfigured(
@@ -178,6 +222,9 @@ class PreforkPool(Pool):
         )
         self.min_procs = autoscale[1] if autoscale else concurrency
         self.shutdown_timeout = shutdown_timeout
+        self.pipeline_depth = max(1, pipeline_depth)
+        #: the average task runtime (seconds; None until the first outcome)
+        self.average_runtime: float | None = None
         self._server: ForkServer | None = None
         self._procs: dict[int, _Proc] = {}
         self._idle: list[_Proc] = []
@@ -189,6 +236,8 @@ class PreforkPool(Pool):
         self._scaler: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._live_count = 0
+        #: children with frames in their outbox
+        self._outgoing: list[_Proc] = []
         self.counters = {"forked": 0, "exited": 0, "time_limits": 0, "lost": 0, "recycled": 0}
 
     # -- start ---------------------------------------------------------------------------------
@@ -325,44 +374,143 @@ class PreforkPool(Pool):
                 self._waiting.remove(running)
             raise  # a job already sent runs on; its outcome is dropped
 
+    def withdraw(self, job: Job) -> bool:
+        """Take ``job`` back if it is still in the pool's queue (not written to any child): its
+        outcome is a failure with ``CancelledError``. False once it was written to a child."""
+        for running in self._waiting:
+            if running.job is job:
+                self._waiting.remove(running)
+                cancelled = asyncio.CancelledError("job withdrawn before it started")
+                running.resolve(Failed(cancelled, "", 0.0))
+                return True
+        return False
+
     def _dispatch(self) -> None:
-        """Send waiting jobs to idle children, forking (up to ``concurrency``) when none is."""
-        while self._waiting and not self._stopping:
+        """Send waiting jobs to idle children (forking, up to ``concurrency``, when none is);
+        then, while tasks are short, behind the jobs of busy children (least loaded first)."""
+        waiting = self._waiting
+        while waiting and not self._stopping:
             proc = self._take_idle()
             if proc is None:
                 if self._live() >= self.concurrency:
-                    return
+                    break
                 proc = self._spawn()
                 if proc is None:
-                    return
+                    break
                 self._idle.remove(proc)
-            self._send(proc, self._waiting.popleft())
+            if not self._send(proc, waiting.popleft()):
+                self._idle.append(proc)
+        if waiting and not self._stopping and self._pipelining():
+            self._fill()
+        if self._outgoing:
+            self._flush()
+
+    def _pipelining(self) -> bool:
+        average = self.average_runtime
+        return self.pipeline_depth > 1 and average is not None and average < SHORT_TASK
+
+    def _fill(self) -> None:
+        """Queue waiting jobs behind running ones: children with one job first, and so on."""
+        waiting = self._waiting
+        for level in range(1, self.pipeline_depth):
+            for proc in list(self._procs.values()):
+                if len(proc.running) == level and self._room(proc) > 0:
+                    self._send(proc, waiting.popleft())
+                    if not waiting:
+                        return
+
+    def _room(self, proc: _Proc) -> int:
+        """How many more jobs ``proc`` may be sent (its tasks left, without the depth)."""
+        if proc.retiring or not proc.open or proc.job_fd < 0:
+            return 0
+        if self.max_tasks_per_child is None:
+            return 1 << 30
+        return self.max_tasks_per_child - proc.sent
 
     def _take_idle(self) -> _Proc | None:
         while self._idle:
             proc = self._idle.pop()
-            if not proc.retiring and proc.open:
+            if not proc.running and self._room(proc) > 0:
                 return proc
         return None
 
-    def _send(self, proc: _Proc, running: _Running) -> None:
+    def _encode(self, running: _Running) -> bool:
+        """Encode the job frame once; False (the job failed) when it does not pickle."""
+        if running.data:
+            return True
         job = running.job
         name = job.request.task or job.task.name
         try:
-            data = frame(running.seq, (name, context_state(job.request), job.soft_time_limit))
+            running.data = frame(
+                running.seq, (name, context_state(job.request), job.soft_time_limit)
+            )
         except Exception as exc:
             error = EncodeError(f"{job.label} could not be sent to a pool process: {exc}")
             running.resolve(Failed(error, format_exc(error), 0.0))
-            self._idle.append(proc)
-            return
-        proc.running = running
+            return False
+        return True
+
+    def _send(self, proc: _Proc, running: _Running) -> bool:
+        """Give ``running`` to ``proc`` (behind its other jobs; written by ``_dispatch``'s
+        ``_flush``); False if it could not be encoded (it failed, ``proc`` got nothing)."""
+        if not self._encode(running):
+            return False
+        proc.running.append(running)
+        proc.sent += 1
         running.proc = proc
+        if len(proc.running) == 1:
+            self._begin(running)
+        if not proc.outbox:
+            self._outgoing.append(proc)
+        proc.outbox.append(running.data)
+        return True
+
+    def _flush(self) -> None:
+        """Write the frames sent by this dispatch: one write per child, so that a child given
+        several jobs wakes up once."""
+        outgoing, self._outgoing = self._outgoing, []
+        for proc in outgoing:
+            outbox = proc.outbox
+            if outbox:
+                data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+                outbox.clear()
+                if proc.open and proc.job_fd >= 0:
+                    self._write(proc, data)
+
+    def _begin(self, running: _Running) -> None:
+        """``running`` became its child's head: it starts now (hard limit armed)."""
         running.started = time.monotonic()
-        self._write(proc, data)
+        job = running.job
         if job.time_limit and self._loop is not None:
             running.timer = self._loop.call_later(job.time_limit, self._hard_limit, running)
 
+    def _requeue(self, proc: _Proc) -> None:
+        """The jobs waiting in ``proc``'s pipe (the head already settled) never ran: back to the
+        front of the queue, in order (cancelled when the pool is stopping)."""
+        stranded, proc.running = proc.running, deque()
+        for running in reversed(stranded):
+            running.proc = None
+            if running.timer is not None:
+                running.timer.cancel()
+                running.timer = None
+            if running.future.done():
+                continue
+            if self._stopping:
+                running.future.cancel()
+            else:
+                self._waiting.appendleft(running)
+
+    def _observe(self, runtime: float) -> None:
+        average = self.average_runtime
+        if average is None:
+            self.average_runtime = runtime
+        else:
+            self.average_runtime = average + RUNTIME_WEIGHT * (runtime - average)
+
     def _write(self, proc: _Proc, data: bytes) -> None:
+        if proc.unsent:  # behind what the pipe did not take yet, in order
+            proc.unsent += data
+            return
         try:
             written = os.write(proc.job_fd, data)
         except BlockingIOError:
@@ -384,6 +532,8 @@ class PreforkPool(Pool):
         proc.unsent = proc.unsent[written:]
         if not proc.unsent and self._loop is not None:
             self._loop.remove_writer(proc.job_fd)
+            if proc.ending:
+                self._end_jobs(proc)
 
     # -- results and exits ---------------------------------------------------------------------
     def _on_readable(self, proc: _Proc) -> None:
@@ -401,10 +551,9 @@ class PreforkPool(Pool):
         self._dispatch()
 
     def _on_result(self, proc: _Proc, seq: int, body: bytes) -> None:
-        running = proc.running
-        if running is None or running.seq != seq:
+        if not proc.running or proc.running[0].seq != seq:
             return  # a job given up on (hard limit) answered after all
-        proc.running = None
+        running = proc.running.popleft()
         proc.tasks += 1
         try:
             wire, children, exiting = pickle.loads(body)
@@ -415,10 +564,14 @@ class PreforkPool(Pool):
         if children:
             running.job.request.children.extend(ChildResult(c) for c in children)
         running.resolve(outcome)
+        self._observe(outcome.runtime)
         if exiting:
             logger.info("Pool process %s %s: replaced", proc.label, exiting)
             self.counters["recycled"] += 1
+            self._requeue(proc)
             self._retire(proc)
+        elif proc.running:
+            self._begin(proc.running[0])
         else:
             proc.idle_since = time.monotonic()
             self._idle.append(proc)
@@ -435,9 +588,10 @@ class PreforkPool(Pool):
     def _on_eof(self, proc: _Proc) -> None:
         """The child closed its result pipe: it exited (or is exiting)."""
         self._close(proc)
-        running, proc.running = proc.running, None
+        running = proc.running.popleft() if proc.running else None
         if not proc.retiring and not self._stopping and running is None:
             logger.warning("Pool process %s exited while idle", proc.label)
+        self._requeue(proc)
         self._retire(proc)
         self._in_background(self._bury(proc, running))
         self._dispatch()
@@ -473,7 +627,9 @@ class PreforkPool(Pool):
         how = describe_status(status)
         reason = f"Worker exited prematurely: {how} Job: {running.seq}."
         logger.error("Pool process %s running %s died: %s", proc.label, running.job.label, how)
-        running.resolve(worker_lost(running.job, reason, running.started))
+        outcome = worker_lost(running.job, reason, running.started)
+        running.resolve(outcome)
+        self._observe(outcome.runtime)
 
     async def _exit_status(self, proc: _Proc, timeout: float) -> int | None:
         """The child's wait status once it exited (SIGKILL after ``timeout``; None: unknown)."""
@@ -488,7 +644,9 @@ class PreforkPool(Pool):
     def _hard_limit(self, running: _Running) -> None:
         proc = running.proc
         running.timer = None
-        if proc is None or running.future.done() or proc.running is not running:
+        if proc is None or running.future.done() or not proc.running:
+            return
+        if proc.running[0] is not running:
             return
         logger.error(
             "Hard time limit (%ss) exceeded for %s: killing pool process %s",
@@ -497,10 +655,13 @@ class PreforkPool(Pool):
             proc.label,
         )
         self.counters["time_limits"] += 1
-        proc.running = None
+        proc.running.popleft()
         if self._server is not None:
             self._server.kill(proc.number, signal.SIGKILL)
-        running.resolve(hard_limit_failure(running.job, running.started))
+        outcome = hard_limit_failure(running.job, running.started)
+        running.resolve(outcome)
+        self._observe(outcome.runtime)
+        self._requeue(proc)  # the jobs behind it never ran: for the other children
         self._retire(proc)
         self._dispatch()
 
@@ -525,8 +686,11 @@ class PreforkPool(Pool):
         self._schedule_scale()
 
     def _end_jobs(self, proc: _Proc) -> None:
-        """Close the child's job pipe: it finishes its task, then exits."""
-        if proc.open and not proc.unsent and proc.job_fd >= 0:
+        """Close the child's job pipe (once what is unsent is written): it finishes the jobs
+        in its pipe, then exits."""
+        if proc.unsent:
+            proc.ending = True
+        elif proc.open and proc.job_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(proc.job_fd)
             proc.job_fd = -1
