@@ -193,6 +193,7 @@ class PreforkPool(Pool):
     """Child processes running synchronous tasks (see the module docstring)."""
 
     name = "prefork"
+    queues_jobs = True
 
     def __init__(
         self,
