@@ -7,6 +7,7 @@ pipelined round trip; what a bulk API does underneath), and ``group(...).apply_a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -56,6 +57,19 @@ class CeleriacAdapter(Adapter):
         for start in range(0, count, 1000):
             self.publish_many(sig, min(1000, count - start))
         return "transport.publish_many in batches of 1,000"
+
+    def results_stored(self, client: Any) -> int:
+        """Results in Redis, or in the SQLite file when the backend is SQLite."""
+        url = os.environ.get("BENCH_BACKEND_URL", "")
+        if not url.startswith("sqlite"):
+            return super().results_stored(client)
+        import sqlite3
+
+        from celeriac._internal.sqlite import sqlite_path
+
+        with contextlib.closing(sqlite3.connect(sqlite_path(url))) as db:
+            query = "SELECT COUNT(*) FROM celeriac_results WHERE key LIKE 'celery-task-meta-%'"
+            return int(db.execute(query).fetchone()[0])
 
     def worker_argv(self, pool: str, concurrency: int) -> list[str]:
         return [

@@ -177,6 +177,8 @@ class _Proc:
         self.unsent = b""
         #: close the job pipe once ``unsent`` is written
         self.ending = False
+        #: killed at its head's hard limit: what is left in its pipe goes back to the queue
+        self.killed = False
         #: the wait status, set when the fork server reports the exit (None: unknown)
         self.exited: asyncio.Future[int | None] = exited
 
@@ -589,7 +591,10 @@ class PreforkPool(Pool):
     def _on_eof(self, proc: _Proc) -> None:
         """The child closed its result pipe: it exited (or is exiting)."""
         self._close(proc)
-        running = proc.running.popleft() if proc.running else None
+        # killed at a hard limit: its head is settled already, and the rest of its pipe goes
+        # back to the queue (results it sent before the kill landed were read first: a job that
+        # had finished is not run again)
+        running = proc.running.popleft() if proc.running and not proc.killed else None
         if not proc.retiring and not self._stopping and running is None:
             logger.warning("Pool process %s exited while idle", proc.label)
         self._requeue(proc)
@@ -657,13 +662,13 @@ class PreforkPool(Pool):
         )
         self.counters["time_limits"] += 1
         proc.running.popleft()
+        proc.killed = True
         if self._server is not None:
             self._server.kill(proc.number, signal.SIGKILL)
         outcome = hard_limit_failure(running.job, running.started)
         running.resolve(outcome)
         self._observe(outcome.runtime)
-        self._requeue(proc)  # the jobs behind it never ran: for the other children
-        self._retire(proc)
+        self._retire(proc)  # the jobs behind it go back to the queue at its end-of-file
         self._dispatch()
 
     def _schedule_scale(self) -> None:
