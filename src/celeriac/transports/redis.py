@@ -100,6 +100,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from celeriac._internal.redis_pinned import PinnedConnection
 from celeriac.protocol.envelope import RawMessage, dumps_envelope
 from celeriac.transports import redis_scripts as scripts
 from celeriac.transports.base import (
@@ -212,6 +213,8 @@ class RedisTransport(Transport):
         self._core = Core(url, lease_seconds, self.options)
         self.lease_seconds = self._core.opts.visibility_timeout
         self._client = sync_client(self._core, self.options)
+        #: single publishes go on a kept connection (``redis_pinned``)
+        self._pinned = PinnedConnection(self._client)
         self._link = link_for(self._core, self.describe())
         #: the connection ``fetch`` blocks on (its own, so ``wake`` can CLIENT UNBLOCK it)
         self._blocker: redis.Redis | None = None
@@ -266,9 +269,9 @@ class RedisTransport(Transport):
         # The common case (queue declared by this process): one command, no pipeline set-up.
         key, payload, score = self._core.encode(queue, message, eta, time.time())
         if score is None:
-            self._run("publish", self._client.execute_command, "LPUSH", key, payload)
+            self._run("publish", self._pinned.execute, "LPUSH", key, payload)
         else:
-            self._run("publish", self._client.execute_command, "ZADD", key, score, payload)
+            self._run("publish", self._pinned.execute, "ZADD", key, score, payload)
 
     def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
         if items:
@@ -484,6 +487,7 @@ class RedisTransport(Transport):
         self.wake()
         self._drop_blocker()
         with contextlib.suppress(redis.RedisError):
+            self._pinned.close()
             self._client.close()
 
 

@@ -1,0 +1,99 @@
+"""Single publishes on the Redis broker's kept connection (``_internal.redis_pinned``).
+
+Against the test Redis: a killed connection is replaced without losing or doubling the message,
+threads that find it busy publish through the pool, and a forked child uses its own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celeriac.protocol.envelope import RawMessage
+from celeriac.transports.redis import RedisTransport
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+@pytest.fixture
+def transport(prefix: str, client: Any) -> Iterator[RedisTransport]:
+    name = f"pinned-{uuid.uuid4().hex[:8]}"
+    t = RedisTransport(URL, options={"global_keyprefix": prefix, "client_name": name})
+    t.publish("q", msg("declare"))  # declares the queue: later publishes take the one-command path
+    yield t
+    t.close()
+
+
+def msg(body: str) -> RawMessage:
+    return RawMessage(body=body.encode(), headers={"id": body}, properties={})
+
+
+def bodies(client: Any, prefix: str) -> list[str]:
+    import json
+
+    raw = client.lrange(f"{prefix}q", 0, -1)
+    return sorted(json.loads(item)["headers"]["id"] for item in raw)
+
+
+def connections_named(client: Any, name: str) -> list[dict[str, Any]]:
+    return [c for c in client.client_list() if c.get("name") == name]
+
+
+def test_a_killed_connection_is_replaced_and_the_message_sent_once(
+    transport: RedisTransport, client: Any, prefix: str
+) -> None:
+    transport.publish("q", msg("before"))
+    name = transport.options["client_name"]
+    (pinned,) = connections_named(client, name)
+    client.client_kill_filter(_id=pinned["id"])
+    transport.publish("q", msg("after"))
+    assert bodies(client, prefix) == ["after", "before", "declare"]
+    assert [c["id"] for c in connections_named(client, name)] != [pinned["id"]]
+
+
+def test_threads_publishing_at_once_all_get_through(
+    transport: RedisTransport, client: Any, prefix: str
+) -> None:
+    start = threading.Barrier(6)
+
+    def send(n: int) -> None:
+        start.wait()
+        for i in range(100):
+            transport.publish("q", msg(f"t{n}-{i:03}"))
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = sorted(["declare"] + [f"t{n}-{i:03}" for n in range(6) for i in range(100)])
+    assert bodies(client, prefix) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_publishes_on_its_own_connection(
+    transport: RedisTransport, client: Any, prefix: str
+) -> None:
+    transport.publish("q", msg("parent-1"))
+    name = transport.options["client_name"]
+    (before,) = connections_named(client, name)
+    pid = os.fork()
+    if pid == 0:  # the child: publish, then leave without running the parent's cleanup
+        code = 0
+        try:
+            transport.publish("q", msg("child"))
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    transport.publish("q", msg("parent-2"))
+    assert bodies(client, prefix) == ["child", "declare", "parent-1", "parent-2"]
+    assert before["id"] in [c["id"] for c in connections_named(client, name)]
