@@ -83,6 +83,8 @@ class Celeriac:
         self._autodiscover: list[tuple[Any, str]] = []
         self._pid = os.getpid()
         self._transport: Transport | None = None
+        #: per task name, ``quick_send``'s publisher (built on first send)
+        self._quick_entries: dict[str, Any] = {}
         self._backend: ResultBackend | None = None
         self._backend_resolved = False
         self.conf = config.Settings()
@@ -272,7 +274,12 @@ class Celeriac:
             declare=[],
             retry_policy=retry_policy,
         )
-        self._publish_with_retry(publication.queue, raw, publication.eta, retry, retry_policy)
+        transport = self.transport
+        self._publish_with_retry(
+            lambda: transport.publish(publication.queue, raw, eta=publication.eta),
+            retry,
+            retry_policy,
+        )
         signals.after_task_publish.send(
             sender=name,
             body=raw.body,
@@ -287,16 +294,12 @@ class Celeriac:
         return result
 
     def _publish_with_retry(
-        self,
-        queue: str,
-        raw: RawMessage,
-        eta: float | None,
-        retry: bool | None,
-        policy: dict[str, Any] | None,
+        self, send: Callable[[], None], retry: bool | None, policy: dict[str, Any] | None
     ) -> None:
-        transport = self.transport
+        """``send()``, tried again on ``OperationalError`` as ``task_publish_retry`` and the
+        retry policy say (Celery's ``retry``/``retry_policy`` options override them)."""
         try:  # the common case: the first attempt works (no retry policy to work out)
-            transport.publish(queue, raw, eta=eta)
+            send()
             return
         except OperationalError:
             conf = self.conf
@@ -309,7 +312,7 @@ class Celeriac:
         for attempt in range(1, max_retries + 1):
             time.sleep(interval)
             try:
-                self.transport.publish(queue, raw, eta=eta)
+                send()
                 return
             except OperationalError:
                 if attempt >= max_retries:

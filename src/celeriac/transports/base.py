@@ -41,9 +41,12 @@ import concurrent.futures
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celeriac.protocol.envelope import RawMessage
+
+if TYPE_CHECKING:
+    from celeriac.protocol.envelope_template import EnvelopeTemplate
 
 DEFAULT_LEASE_SECONDS = 60.0
 
@@ -73,6 +76,19 @@ class DeadLetter:
     delivery_count: int = 0
 
 
+class Publisher(Protocol):
+    """Sends messages that differ from one prototype only in an ``EnvelopeTemplate``'s fields
+    (a task's calls with the same options): ``template.render(...)`` gives a payload, ``send``
+    publishes one and ``send_many`` several, in order, in one round trip. Immediate messages
+    only (no ``eta``). Raises what ``publish`` raises."""
+
+    template: EnvelopeTemplate
+
+    def send(self, payload: bytes) -> None: ...
+
+    def send_many(self, payloads: Sequence[bytes]) -> None: ...
+
+
 class Transport(ABC):
     """Synchronous broker driver (clients, CLI, and the worker through an adapter)."""
 
@@ -98,6 +114,11 @@ class Transport(ABC):
         """Publish several messages; drivers override this to use one round trip."""
         for queue, message, eta in items:
             self.publish(queue, message, eta=eta)
+
+    def publisher(self, queue: str, prototype: RawMessage) -> Publisher | None:
+        """A faster way to send messages like ``prototype`` to ``queue`` (see ``Publisher``),
+        or None (the default): such a driver has only ``publish``."""
+        return None
 
     # -- consumer side -----------------------------------------------------------------------
     @abstractmethod

@@ -102,6 +102,7 @@ import redis
 
 from celeriac._internal.redis_pinned import PinnedConnection
 from celeriac.protocol.envelope import RawMessage, dumps_envelope
+from celeriac.protocol.envelope_template import EnvelopeTemplate
 from celeriac.transports import redis_scripts as scripts
 from celeriac.transports.base import (
     DEFAULT_LEASE_SECONDS,
@@ -197,6 +198,23 @@ def _pipe_publish(
     return new
 
 
+class _ListPublisher:
+    """``Publisher`` of the Redis broker: rendered envelopes LPUSHed to one ready list."""
+
+    __slots__ = ("_key", "_transport", "template")
+
+    def __init__(self, transport: RedisTransport, key: str, template: EnvelopeTemplate) -> None:
+        self._transport = transport
+        self._key = key
+        self.template = template
+
+    def send(self, payload: bytes) -> None:
+        self._transport._push(self._key, payload)
+
+    def send_many(self, payloads: Sequence[bytes]) -> None:
+        self._transport._push_many(self._key, payloads)
+
+
 class RedisTransport(Transport):
     """The synchronous Redis driver (see the module docstring)."""
 
@@ -276,6 +294,35 @@ class RedisTransport(Transport):
     def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
         if items:
             self._core.declared |= self._run("publish", self._publish, items)
+
+    def publisher(self, queue: str, prototype: RawMessage) -> _ListPublisher | None:
+        template = EnvelopeTemplate.build(prototype, queue)
+        if template is None:
+            return None
+        if queue not in self._core.declared:
+            self._core.declared |= self._run("publish", self._declare, queue)
+        key = self._core.keys.list_key(queue, self._core.keys.step_index(prototype.priority))
+        return _ListPublisher(self, key, template)
+
+    def _declare(self, queue: str) -> set[str]:
+        pipe = self._client.pipeline(transaction=False)
+        for key, member in self._core.declarations(queue):
+            pipe.sadd(key, member)
+        pipe.execute()
+        return {queue}
+
+    def _push(self, key: str, payload: bytes) -> None:
+        self._run("publish", self._pinned.execute, "LPUSH", key, payload)
+
+    def _push_many(self, key: str, payloads: Sequence[bytes]) -> None:
+        def push() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for start in range(0, len(payloads), PUSH_BATCH):
+                pipe.lpush(key, *payloads[start : start + PUSH_BATCH])
+            pipe.execute()
+
+        if payloads:
+            self._run("publish", push)
 
     def _publish(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> set[str]:
         pipe = self._client.pipeline(transaction=False)

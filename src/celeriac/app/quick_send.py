@@ -1,0 +1,106 @@
+"""The quick path of ``Task.delay``/``apply_async`` without options: a template per task.
+
+Most calls of a task look alike: no options, sent from outside a task, to the same queue with
+the same headers. For those, ``quick_send`` keeps per task the ``Publisher`` its transport
+offers (``Transport.publisher``: Redis has one) with the ``EnvelopeTemplate`` of the task's
+message, built once by the full path (``messages.prepare`` + ``protocol.message.encode``), and
+renders each call's envelope from it: a task id, the JSON body, ``argsrepr``/``kwargsrepr``.
+The bytes sent are exactly the full path's (the template is made by it; tests compare).
+
+It answers None, and the caller takes the full path, whenever anything could make the message
+differ: options given, a running task (parent and root ids, inherited priority), receivers on
+``before_task_publish``/``after_task_publish`` (they are given the message's parts), routes
+(a router may look at the arguments), a task with ``expires`` (a time per message), a serializer
+other than JSON or compression, or a transport without a publisher. A template is rebuilt when
+the settings change (``Settings.resolved`` is a new dict then), after a fork (``origin`` holds
+the pid; the app opens a new transport) and when the transport is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals
+from celeriac._internal.ids import new_id
+from celeriac.app import context as ctx
+from celeriac.app.messages import _reply_to, prepare
+from celeriac.protocol.message import REPR_MAXSIZE, encode, saferepr
+from celeriac.protocol.serialization import json_dumps
+
+if TYPE_CHECKING:
+    from celeriac.app.base import Celeriac
+    from celeriac.app.task import Task
+    from celeriac.transports.base import Publisher, Transport
+
+#: the embed of a message with no callbacks, errbacks, chain or chord (its JSON body's tail)
+_EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+class _Entry:
+    """A task's publisher, valid while the settings, process and transport are the same."""
+
+    __slots__ = ("conf", "pid", "publisher", "transport")
+
+    def __init__(
+        self, conf: dict[str, Any], pid: int, transport: Transport, publisher: Publisher | None
+    ) -> None:
+        self.conf = conf
+        self.pid = pid
+        self.transport = transport
+        self.publisher = publisher
+
+    def holds(self, conf: dict[str, Any], pid: int, transport: Transport) -> bool:
+        return self.conf is conf and self.pid == pid and self.transport is transport
+
+
+def _build(app: Celeriac, task: Task[Any, Any], conf: dict[str, Any], pid: int) -> _Entry:
+    transport = app.transport
+    publisher = None
+    if not conf["task_routes"] and task.expires is None:
+        publication = prepare(app, task.name, (), {}, task=task)
+        message = publication.message
+        plain = message.serializer == "json" and not message.compression
+        if plain and publication.eta is None and message.expires is None:
+            publisher = transport.publisher(publication.queue, encode(message))
+    return _Entry(conf, pid, transport, publisher)
+
+
+def body_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The JSON body of a call without callbacks, chain or chord (``encode``'s, exactly)."""
+    return json_dumps((args, kwargs, _EMPTY_EMBED)).encode("ascii")
+
+
+def quick_send(
+    app: Celeriac, task: Task[Any, Any], args: Any, kwargs: Any
+) -> tuple[str, Publisher, bytes] | None:
+    """(task id, publisher, payload) of a call that fits a template, or None (see above)."""
+    if ctx.top() is not None:
+        return None
+    if signals.before_task_publish._receivers or signals.after_task_publish._receivers:
+        return None
+    if args is not None and type(args) is not tuple and type(args) is not list:
+        return None  # the full path names the error
+    if kwargs is not None and type(kwargs) is not dict:
+        return None
+    conf = app.conf.resolved()
+    pid = os.getpid()
+    transport = app.transport
+    entry: _Entry | None = app._quick_entries.get(task.name)
+    if entry is None or not entry.holds(conf, pid, transport):
+        entry = _build(app, task, conf, pid)
+        app._quick_entries[task.name] = entry
+    publisher = entry.publisher
+    if publisher is None:
+        return None
+    task_id = new_id()
+    args = tuple(args) if args else ()
+    kwargs = dict(kwargs) if kwargs else {}
+    payload = publisher.template.render(
+        task_id,
+        body_json(args, kwargs),
+        saferepr(args, REPR_MAXSIZE),
+        saferepr(kwargs, REPR_MAXSIZE),
+        _reply_to(),
+    )
+    return task_id, publisher, payload
