@@ -81,6 +81,33 @@ def pop_frozen(options: dict[str, Any]) -> tuple[str | None, Membership]:
     return task_id, Membership(**found)
 
 
+def freeze_options(
+    opts: dict[str, Any],
+    _id: str | None,
+    group_id: str | None,
+    at: Membership,
+    group_index: int | None,
+) -> str:
+    """A single signature's ``freeze`` in its options ``opts``: its task id (kept if fixed)
+    and what ``at`` says, with ``group_id`` and ``group_index`` given apart (a group freezing
+    its members passes its own and a counter, with one ``at`` for all); returns the id."""
+    task_id: str = opts.get("task_id") or _id or new_id()
+    opts["task_id"] = task_id
+    if at.root_id:
+        opts["root_id"] = at.root_id
+    if at.parent_id:
+        opts["parent_id"] = at.parent_id
+    if "reply_to" not in opts:
+        opts["reply_to"] = _reply_to()
+    if group_id and "group_id" not in opts:
+        opts["group_id"] = group_id
+    if at.chord:
+        opts["chord"] = at.chord
+    if group_index is not None:
+        opts["group_index"] = group_index
+    return task_id
+
+
 def root_of(result: Any) -> Any:
     """The first result of a result's ``parent`` chain (a chord body's: its header group)."""
     seen: set[int] = set()
@@ -210,14 +237,16 @@ class Signature(dict[str, Any], Generic[R]):
         """``clone()`` with nothing to merge: the same fields, list options copied."""
         sig: Signature[R] = Signature.__new__(Signature)
         sig._app = self._app
+        get = self.get
+        subtask_type = get("subtask_type")
         dict.__init__(
             sig,
-            task=self.task,
-            args=list(self.get("args") or ()),
-            kwargs=dict(self.get("kwargs") or {}),
-            options=copy_options(self.options),
-            subtask_type=self.subtask_type,
-            immutable=self.immutable,
+            task=str(self["task"]),
+            args=list(get("args") or ()),
+            kwargs=dict(get("kwargs") or {}),
+            options=copy_options(get("options") or {}),
+            subtask_type=str(subtask_type) if subtask_type is not None else None,
+            immutable=bool(get("immutable")),
         )
         return sig
 
@@ -278,20 +307,7 @@ class Signature(dict[str, Any], Generic[R]):
 
     def _freeze(self, _id: str | None, at: Membership) -> Any:
         """Celery's ``freeze``: ids already fixed are kept, so freezing again changes nothing."""
-        opts = self.options
-        task_id = opts.get("task_id") or _id or new_id()
-        opts["task_id"] = task_id
-        if at.root_id:
-            opts["root_id"] = at.root_id
-        if at.parent_id:
-            opts["parent_id"] = at.parent_id
-        opts.setdefault("reply_to", _reply_to())
-        if at.group_id and "group_id" not in opts:
-            opts["group_id"] = at.group_id
-        if at.chord:
-            opts["chord"] = at.chord
-        if at.group_index is not None:
-            opts["group_index"] = at.group_index
+        task_id = freeze_options(self.options, _id, at.group_id, at, at.group_index)
         return AsyncResult(task_id, app=self._app, task_name=self.task)
 
     def _join_count(self) -> int:
@@ -302,12 +318,17 @@ class Signature(dict[str, Any], Generic[R]):
         self, plan: Plan, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any]
     ) -> Any:
         """Add this call to ``plan``; returns its result."""
+        call = self._call(args, kwargs, options)
+        plan.calls.append(call)
+        return AsyncResult(call.options["task_id"], app=self._app, task_name=self.task)
+
+    def _call(self, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any]) -> Call:
+        """The ``Call`` that ``_plan`` adds (``args`` prepended, options merged)."""
         new_args, new_kwargs, opts = self._merge(args, kwargs, options)
         for key in NOT_OPTIONS:
             opts.pop(key, None)
         opts["task_id"] = opts.get("task_id") or new_id()
-        plan.calls.append(Call(self.task, new_args, new_kwargs, opts))
-        return AsyncResult(opts["task_id"], app=self._app, task_name=self.task)
+        return Call(self.task, new_args, new_kwargs, opts)
 
     # -- calling -------------------------------------------------------------------------------
     def apply_async(

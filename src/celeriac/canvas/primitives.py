@@ -18,6 +18,7 @@ from celeriac.canvas.base import (
     Plan,
     Signature,
     copy_options,
+    freeze_options,
     maybe_signature,
     partial_args,
     pop_frozen,
@@ -47,9 +48,11 @@ def _tasks_from(data: dict[str, Any], app: Celeriac | None) -> list[Signature[An
 def _part(item: Any, app: Celeriac | None) -> Signature[Any]:
     """A part of a composite: a copy of its own (one signature object used twice in a workflow
     must not share ids), a ``chunks`` as its group (its ids are fixed once)."""
+    sig = maybe_signature(item, app=app)
+    if type(sig) is Signature:  # the common case: no class to look up
+        return sig._copy()
     from celeriac.canvas.maps import chunks
 
-    sig = maybe_signature(item, app=app)
     return sig.group() if isinstance(sig, chunks) else sig.clone()
 
 
@@ -273,6 +276,40 @@ class group(_TaskList):
             index += member._join_count()
         return GroupResult(gid, results, app=self._app)
 
+    def _plan_plain(
+        self,
+        plan: Plan,
+        task_id: str | None,
+        at: Membership,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> GroupResult[Any]:
+        """``_freeze`` then ``_plan_members`` for a group of single task signatures (a bulk
+        send), in one pass per member: no ``Membership`` and no result made twice."""
+        from celeriac._internal.ids import new_id
+        from celeriac.result import AsyncResult, GroupResult
+
+        opts = self.options
+        gid = opts.get("task_id") or task_id or new_id()
+        opts["task_id"] = gid
+        if at.group_id:
+            opts["group_id"] = at.group_id
+        if at.group_index is not None:
+            opts["group_index"] = at.group_index
+        join_id = opts.get("group_id") or gid
+        index = int(opts.get("group_index") or 0)
+        member_args = partial_args(self, args)
+        app, calls = self._app, plan.calls
+        results: list[AsyncResult[Any]] = []
+        for member in self.tasks:
+            freeze_options(member.options, None, join_id, at, index)
+            call = member._call(member_args, kwargs, options)
+            calls.append(call)
+            results.append(AsyncResult(call.options["task_id"], app=app, task_name=call.name))
+            index += 1
+        return GroupResult(gid, results, app=app)
+
     def _join_count(self) -> int:
         return sum(member._join_count() for member in self.tasks)
 
@@ -291,10 +328,12 @@ class group(_TaskList):
         for callback in opts.pop("link", None) or ():  # as Celery: the first task, immutable
             if self.tasks:
                 self.tasks[0].link(maybe_signature(callback, app=self._app).clone(immutable=True))
-        result = self._freeze(task_id, at)
         for key in ("root_id", "parent_id"):
             if getattr(at, key):
                 opts[key] = getattr(at, key)
+        if all(type(member) is Signature for member in self.tasks):
+            return self._plan_plain(plan, task_id, at, args, kwargs, opts)
+        result = self._freeze(task_id, at)
         return self._plan_members(plan, result, args, kwargs, opts)
 
     def _plan_members(

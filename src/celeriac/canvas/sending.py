@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from celeriac._internal.ids import new_id
 from celeriac.app import context as ctx
@@ -20,6 +20,7 @@ from celeriac.protocol.serialization import json_dumps
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
+    from celeriac.transports.base import Publisher, Transport
 
 #: signature types applied by the canvas (the others are one task message each)
 COMPOSITE_TYPES = frozenset({"chain", "group", "chord", "chunks"})
@@ -63,8 +64,13 @@ def send_plan(plan: Plan) -> None:
             raise ImproperlyConfigured("A chord needs a result backend to join its header")
         for group_id, size in plan.chord_sizes:
             backend.set_chord_size(group_id, size)
-    items = prepare_calls(app, plan.calls)
-    for name, queue, raw, _ in items:
+    hooked = bool(signals.before_task_publish._receivers or signals.after_task_publish._receivers)
+    items = prepare_calls(app, plan.calls, render=not hooked)
+    if not hooked:
+        _publish(app, items)
+        return
+    raws = cast("list[tuple[str, str, RawMessage, float | None]]", items)  # none rendered
+    for name, queue, raw, _ in raws:
         signals.before_task_publish.send(
             sender=name,
             body=raw.body,
@@ -75,13 +81,43 @@ def send_plan(plan: Plan) -> None:
             declare=[],
             retry_policy=None,
         )
-    for start in range(0, len(items), PUBLISH_BATCH):
-        batch = items[start : start + PUBLISH_BATCH]
-        app.transport.publish_many([(queue, raw, eta) for _, queue, raw, eta in batch])
-    for name, queue, raw, _ in items:
+    _publish(app, items)
+    for name, queue, raw, _ in raws:
         signals.after_task_publish.send(
             sender=name, body=raw.body, headers=raw.headers, exchange="", routing_key=queue
         )
+
+
+def _publish(app: Celeriac, items: Sequence[Prepared]) -> None:
+    """Publish in order: runs of rendered payloads through their ``Publisher`` (one call per
+    run), the rest with ``publish_many`` (``PUBLISH_BATCH`` per call)."""
+    transport = app.transport
+    plain: list[tuple[str, RawMessage, float | None]] = []
+    payloads: list[bytes] = []
+    publisher: Publisher | None = None
+    for _, queue, message, eta in items:
+        if isinstance(message, Rendered):
+            if plain:
+                _publish_plain(transport, plain)
+                plain = []
+            if publisher is not None and message.publisher is not publisher:
+                publisher.send_many(payloads)
+                payloads = []
+            publisher = message.publisher
+            payloads.append(message.payload)
+            continue
+        if publisher is not None:
+            publisher.send_many(payloads)
+            publisher, payloads = None, []
+        plain.append((queue, message, eta))
+    if publisher is not None:
+        publisher.send_many(payloads)
+    _publish_plain(transport, plain)
+
+
+def _publish_plain(transport: Transport, items: list[tuple[str, RawMessage, float | None]]) -> None:
+    for start in range(0, len(items), PUBLISH_BATCH):
+        transport.publish_many(items[start : start + PUBLISH_BATCH])
 
 
 #: the options that differ between the members of a group (the rest is shared)
@@ -92,8 +128,18 @@ _NOT_SHARED = frozenset(PER_MEMBER + NOT_SENT)
 _MISSING = object()
 
 
+class Rendered:
+    """A message rendered by a ``Publisher``'s template: its payload, ready to send."""
+
+    __slots__ = ("payload", "publisher")
+
+    def __init__(self, publisher: Publisher, payload: bytes) -> None:
+        self.publisher = publisher
+        self.payload = payload
+
+
 #: what ``prepare_calls`` gives per call: (task name, queue, encoded message, due time)
-Prepared = tuple[str, str, RawMessage, float | None]
+Prepared = tuple[str, str, RawMessage | Rendered, float | None]
 
 
 class _Template:
@@ -102,7 +148,7 @@ class _Template:
     serialisation of the embedded callbacks/chord/chain happen once per group; each member
     gets its own id, arguments, ``group_index`` and ``argsrepr`` in the same wire format."""
 
-    __slots__ = ("embed_tail", "inherited_root", "name", "queue", "raw", "shared")
+    __slots__ = ("embed_tail", "inherited_root", "name", "publisher", "queue", "raw", "shared")
 
     def __init__(
         self, name: str, shared: dict[str, Any], queue: str, message: TaskMessage, raw: RawMessage
@@ -118,6 +164,8 @@ class _Template:
         self.embed_tail = body[len(head) :]  # the embed object and the closing bracket
         root = message.root_id if message.root_id != message.id else None
         self.inherited_root = shared.get("root_id") or root
+        #: set by ``prepare_calls`` when the members are rendered by the transport's publisher
+        self.publisher: Publisher | None = None
 
     def fits(self, name: str, options: dict[str, Any]) -> bool:
         """Whether a call of ``name`` with ``options`` (a call's own) is the template's but
@@ -139,6 +187,16 @@ class _Template:
         args, kwargs = tuple(call.args), call.kwargs
         kwargs_json = json_dumps(kwargs) if kwargs else "{}"
         body = f"[{json_dumps(args)}, {kwargs_json}, {self.embed_tail}"
+        if self.publisher is not None:
+            payload = self.publisher.template.render(
+                task_id,
+                body.encode("ascii"),
+                saferepr(args, REPR_MAXSIZE),
+                saferepr(kwargs, REPR_MAXSIZE) if kwargs else "{}",
+                self.raw.properties["reply_to"],
+                options.get("group_index"),
+            )
+            return (self.name, self.queue, Rendered(self.publisher, payload), None)
         headers = dict(self.raw.headers)
         headers["id"] = task_id
         headers["group_index"] = options.get("group_index")
@@ -166,12 +224,14 @@ def _reusable(app: Celeriac, publication: Publication) -> bool:
     return not app.conf.task_routes
 
 
-def prepare_calls(app: Celeriac, calls: Sequence[Call]) -> list[Prepared]:
+def prepare_calls(app: Celeriac, calls: Sequence[Call], *, render: bool = False) -> list[Prepared]:
     """(task name, queue, encoded message, due time) of every call, each call's arguments
     checked against its task first.
 
     Calls in a row of the same task with the same option objects (a group's members) share
-    one ``prepare`` and one serialisation of what they embed (``_Template``)."""
+    one ``prepare`` and one serialisation of what they embed (``_Template``). With ``render``
+    and a transport that offers a ``Publisher`` for them, the calls after the first are
+    ``Rendered`` by its template (nobody is given their headers: no publish signal)."""
     template: _Template | None = None
     out: list[Prepared] = []
     fitting: set[tuple[str, int, tuple[str, ...]]] = set()  # shapes that bind: bind once
@@ -192,6 +252,8 @@ def prepare_calls(app: Celeriac, calls: Sequence[Call]) -> list[Prepared]:
         template = None
         if _reusable(app, publication):
             template = _Template(call.name, shared, publication.queue, publication.message, raw)
+            if render:
+                template.publisher = app.transport.publisher(publication.queue, raw)
         out.append((call.name, publication.queue, raw, publication.eta))
     return out
 
