@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -403,3 +404,62 @@ def test_publish_many_batches_pushes_and_keeps_order(
 
     assert ids("q") == names
     assert ids("r") == ["r1", "r2"]
+
+
+def test_after_a_partial_take_the_next_fetch_waits_first(
+    prefix: str, make: Callable[..., RedisTransport], client: Any
+) -> None:
+    """The worker's driver, its lists emptied by the last take, sends the wait with the take
+    behind it (one round trip) instead of a take, then the wait; a message that arrives in
+    between is still taken at once, and a priority list is still read by that take."""
+    producer = make()
+    seen: list[str] = []
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def monitor() -> None:
+        with redis.Redis.from_url(URL).monitor() as m:
+            ready.set()
+            for command in m.listen():
+                if prefix in command["command"]:
+                    seen.append(command["command"].split()[0].upper())
+                if stop.is_set():
+                    return
+
+    async def main() -> tuple[list[str], list[str]]:
+        transport = AsyncRedisTransport(URL, options={"global_keyprefix": prefix})
+        try:
+            producer.publish("q", msg("first"))
+            first = await transport.fetch(["q"], 10, 5.0)  # got 1 of 10: the lists are empty
+            await transport.ack(first)
+            seen.clear()
+            producer.publish("q", msg("second"))
+            producer.publish("q", msg("urgent", priority=9))
+            started = time.monotonic()
+            second = await transport.fetch(["q"], 10, 5.0)
+            assert time.monotonic() - started < 1.0
+            await transport.ack(second)
+            return [d.message.headers["id"] for d in first], [
+                d.message.headers["id"] for d in second
+            ]
+        finally:
+            await transport.close()
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    assert ready.wait(5)
+    deadline = time.monotonic() + 5
+    while "EXISTS" not in seen:  # MONITOR sees our commands from here on
+        assert time.monotonic() < deadline, "MONITOR saw nothing"
+        client.exists(f"{prefix}probe")
+    try:
+        first, second = asyncio.run(main())
+    finally:
+        stop.set()
+        client.ping()
+        watcher.join(5)
+    assert first == ["first"]
+    assert sorted(second) == ["second", "urgent"]
+    publishes = [i for i, c in enumerate(seen) if c == "LPUSH"]
+    after = seen[publishes[-1] + 1 :]
+    assert after[:2] == ["BLMOVE", "EVALSHA"], seen
