@@ -177,3 +177,17 @@ def test_a_call_inside_a_task_takes_the_full_path(app: Celeriac) -> None:
         return quick_send(app, child, (), {})
 
     assert parent() is None  # run here: a task is running, so its ids are inherited
+
+
+def test_a_change_of_the_tasks_own_options_is_seen(app: Celeriac, client: Any, prefix: str) -> None:
+    @app.task(name="quick.changed")
+    def changed() -> None:
+        return None
+
+    changed.delay()
+    changed.ignore_result = True
+    changed.queue = "moved"
+    changed.delay()
+    (raw,) = client.lrange(f"{prefix}moved", 0, -1)
+    assert loads_envelope(raw).message.headers["ignore_result"] is True
+    assert client.llen(f"{prefix}celery") == 1

@@ -12,8 +12,10 @@ differ: options given, a running task (parent and root ids, inherited priority),
 ``before_task_publish``/``after_task_publish`` (they are given the message's parts), routes
 (a router may look at the arguments), a task with ``expires`` (a time per message), a serializer
 other than JSON or compression, or a transport without a publisher. A template is rebuilt when
-the settings change (``Settings.resolved`` is a new dict then), after a fork (``origin`` holds
-the pid; the app opens a new transport) and when the transport is replaced.
+the settings change (``Settings.resolved`` is a new dict then), when one of the task's own
+options changes (``queue``, ``priority``, ``ignore_result``, ...: compared on every call),
+after a fork (``origin`` holds the pid; the app opens a new transport) and when the transport
+is replaced.
 """
 
 from __future__ import annotations
@@ -37,24 +39,57 @@ if TYPE_CHECKING:
 _EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-class _Entry:
-    """A task's publisher, valid while the settings, process and transport are the same."""
+def _task_options(task: Task[Any, Any]) -> tuple[Any, ...]:
+    """The task's attributes that ``prepare`` reads (a program may change them at run time)."""
+    return (
+        task.queue,
+        task.priority,
+        task.expires,
+        task.ignore_result,
+        task.shadow_name,
+        task.serializer,
+        task.compression,
+    )
 
-    __slots__ = ("conf", "pid", "publisher", "transport")
+
+class _Entry:
+    """A task's publisher, valid while the settings, the task's attributes, the process and
+    the transport are the same."""
+
+    __slots__ = ("conf", "options", "pid", "publisher", "transport")
 
     def __init__(
-        self, conf: dict[str, Any], pid: int, transport: Transport, publisher: Publisher | None
+        self,
+        conf: dict[str, Any],
+        options: tuple[Any, ...],
+        pid: int,
+        transport: Transport,
+        publisher: Publisher | None,
     ) -> None:
         self.conf = conf
+        self.options = options
         self.pid = pid
         self.transport = transport
         self.publisher = publisher
 
-    def holds(self, conf: dict[str, Any], pid: int, transport: Transport) -> bool:
-        return self.conf is conf and self.pid == pid and self.transport is transport
+    def holds(
+        self, conf: dict[str, Any], options: tuple[Any, ...], pid: int, transport: Transport
+    ) -> bool:
+        return (
+            self.conf is conf
+            and self.pid == pid
+            and self.transport is transport
+            and self.options == options
+        )
 
 
-def _build(app: Celeriac, task: Task[Any, Any], conf: dict[str, Any], pid: int) -> _Entry:
+def _build(
+    app: Celeriac,
+    task: Task[Any, Any],
+    conf: dict[str, Any],
+    options: tuple[Any, ...],
+    pid: int,
+) -> _Entry:
     transport = app.transport
     publisher = None
     if not conf["task_routes"] and task.expires is None:
@@ -63,7 +98,7 @@ def _build(app: Celeriac, task: Task[Any, Any], conf: dict[str, Any], pid: int) 
         plain = message.serializer == "json" and not message.compression
         if plain and publication.eta is None and message.expires is None:
             publisher = transport.publisher(publication.queue, encode(message))
-    return _Entry(conf, pid, transport, publisher)
+    return _Entry(conf, options, pid, transport, publisher)
 
 
 def body_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -86,9 +121,10 @@ def quick_send(
     conf = app.conf.resolved()
     pid = os.getpid()
     transport = app.transport
+    options = _task_options(task)
     entry: _Entry | None = app._quick_entries.get(task.name)
-    if entry is None or not entry.holds(conf, pid, transport):
-        entry = _build(app, task, conf, pid)
+    if entry is None or not entry.holds(conf, options, pid, transport):
+        entry = _build(app, task, conf, options, pid)
         app._quick_entries[task.name] = entry
     publisher = entry.publisher
     if publisher is None:
