@@ -257,8 +257,20 @@ class group(_TaskList):
         """Members report to ``at.group_id`` (an enclosing chord) or to this group, their
         ``group_index`` counting on from ``at.group_index`` (0). Both are kept in the group's
         options, so freezing again changes nothing."""
-        from celeriac._internal.ids import new_id
         from celeriac.result import GroupResult
+
+        gid, join_id, index = self._freeze_own(_id, at)
+        results = []
+        for member in self.tasks:
+            where = Membership(join_id, at.chord, at.root_id, at.parent_id, index)
+            results.append(member._freeze(None, where))
+            index += member._join_count()
+        return GroupResult(gid, results, app=self._app)
+
+    def _freeze_own(self, _id: str | None, at: Membership) -> tuple[str, str, int]:
+        """The group's own part of ``_freeze``: (its id, the id its members report to, the
+        first member's ``group_index``)."""
+        from celeriac._internal.ids import new_id
 
         opts = self.options
         gid = opts.get("task_id") or _id or new_id()
@@ -267,14 +279,7 @@ class group(_TaskList):
             opts["group_id"] = at.group_id
         if at.group_index is not None:
             opts["group_index"] = at.group_index
-        join_id = opts.get("group_id") or gid
-        index = int(opts.get("group_index") or 0)
-        results = []
-        for member in self.tasks:
-            where = Membership(join_id, at.chord, at.root_id, at.parent_id, index)
-            results.append(member._freeze(None, where))
-            index += member._join_count()
-        return GroupResult(gid, results, app=self._app)
+        return gid, opts.get("group_id") or gid, int(opts.get("group_index") or 0)
 
     def _plan_plain(
         self,
@@ -287,18 +292,9 @@ class group(_TaskList):
     ) -> GroupResult[Any]:
         """``_freeze`` then ``_plan_members`` for a group of single task signatures (a bulk
         send), in one pass per member: no ``Membership`` and no result made twice."""
-        from celeriac._internal.ids import new_id
         from celeriac.result import AsyncResult, GroupResult
 
-        opts = self.options
-        gid = opts.get("task_id") or task_id or new_id()
-        opts["task_id"] = gid
-        if at.group_id:
-            opts["group_id"] = at.group_id
-        if at.group_index is not None:
-            opts["group_index"] = at.group_index
-        join_id = opts.get("group_id") or gid
-        index = int(opts.get("group_index") or 0)
+        gid, join_id, index = self._freeze_own(task_id, at)
         member_args = partial_args(self, args)
         app, calls = self._app, plan.calls
         results: list[AsyncResult[Any]] = []
