@@ -75,7 +75,7 @@ def test_rendered_envelopes_are_the_full_paths_bytes(app: Celeriac) -> None:
         for _ in range(300)
     ]
     for args, kwargs in shapes:
-        quick = quick_send(app, anything, args, kwargs)
+        quick = quick_send(app, anything.name, anything, args, kwargs)
         assert quick is not None
         task_id, _, payload = quick
         tag = json.loads(payload)["properties"]["delivery_tag"]
@@ -90,7 +90,7 @@ def test_delay_sends_through_the_quick_path_and_the_message_reads_back(
         return x + y
 
     result = add.delay(2, 3)
-    assert "quick.add" in app._quick_entries
+    assert ("quick.add", False) in app._quick_entries
     (raw,) = client.lrange(f"{prefix}celery", 0, -1)
     envelope = loads_envelope(raw)
     assert envelope.message.headers["id"] == result.id
@@ -131,24 +131,24 @@ def test_what_could_change_the_message_takes_the_full_path(app: Celeriac) -> Non
     def packed() -> None:
         return None
 
-    assert quick_send(app, plain, (), {}) is not None
-    assert quick_send(app, expiring, (), {}) is None
-    assert quick_send(app, compressed, (), {}) is None
-    assert quick_send(app, packed, (), {}) is None
-    assert quick_send(app, plain, "not a tuple", {}) is None
+    assert quick_send(app, plain.name, plain, (), {}) is not None
+    assert quick_send(app, expiring.name, expiring, (), {}) is None
+    assert quick_send(app, compressed.name, compressed, (), {}) is None
+    assert quick_send(app, packed.name, packed, (), {}) is None
+    assert quick_send(app, plain.name, plain, "not a tuple", {}) is None
 
     def receiver(**_: Any) -> None:
         return None
 
     signals.before_task_publish.connect(receiver)
     try:
-        assert quick_send(app, plain, (), {}) is None
+        assert quick_send(app, plain.name, plain, (), {}) is None
     finally:
         signals.before_task_publish.disconnect(receiver)
-    assert quick_send(app, plain, (), {}) is not None
+    assert quick_send(app, plain.name, plain, (), {}) is not None
 
     app.conf.task_routes = {"quick.*": {"queue": "elsewhere"}}
-    assert quick_send(app, plain, (), {}) is None
+    assert quick_send(app, plain.name, plain, (), {}) is None
 
 
 def test_a_settings_change_is_seen_by_the_next_delay(
@@ -174,7 +174,7 @@ def test_a_call_inside_a_task_takes_the_full_path(app: Celeriac) -> None:
 
     @app.task(name="quick.parent")
     def parent() -> Any:
-        return quick_send(app, child, (), {})
+        return quick_send(app, child.name, child, (), {})
 
     assert parent() is None  # run here: a task is running, so its ids are inherited
 
@@ -191,3 +191,18 @@ def test_a_change_of_the_tasks_own_options_is_seen(app: Celeriac, client: Any, p
     (raw,) = client.lrange(f"{prefix}moved", 0, -1)
     assert loads_envelope(raw).message.headers["ignore_result"] is True
     assert client.llen(f"{prefix}celery") == 1
+
+
+def test_send_task_by_name_takes_the_quick_path_with_the_apps_settings(
+    app: Celeriac, client: Any, prefix: str
+) -> None:
+    app.conf.task_default_priority = 6
+    result = app.send_task("elsewhere.task", args=[1, "two"], kwargs={"three": 3.0})
+    assert ("elsewhere.task", True) in app._quick_entries
+    (raw,) = client.lrange(f"{prefix}celery\x06\x166", 0, -1)
+    tag = json.loads(raw)["properties"]["delivery_tag"]
+    publication = app.prepare("elsewhere.task", [1, "two"], {"three": 3.0}, task_id=result.id)
+    full = dumps_envelope(
+        app.encode(publication.message), routing_key=publication.queue, delivery_tag=tag
+    )
+    assert raw == full

@@ -84,7 +84,7 @@ class Celeriac:
         self._pid = os.getpid()
         self._transport: Transport | None = None
         #: per task name, ``quick_send``'s publisher (built on first send)
-        self._quick_entries: dict[str, Any] = {}
+        self._quick_entries: dict[tuple[str, bool], Any] = {}
         self._backend: ResultBackend | None = None
         self._backend_resolved = False
         self.conf = config.Settings()
@@ -261,6 +261,14 @@ class Celeriac:
         add_to_parent = options.pop("add_to_parent", True)
         retry = options.pop("retry", None)
         retry_policy = options.pop("retry_policy", None)
+        if not options or list(options) == ["task"]:
+            from celeriac.app.quick_send import quick_send
+
+            quick = quick_send(self, name, options.get("task"), args, kwargs)
+            if quick is not None:
+                task_id, publisher, payload = quick
+                self._publish_with_retry(lambda: publisher.send(payload), retry, retry_policy)
+                return AsyncResult(task_id, app=self, task_name=name)
         publication = self.prepare(name, args, kwargs, **options)
         message = publication.message
         raw = self.encode(message)

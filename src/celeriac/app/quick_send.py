@@ -1,4 +1,4 @@
-"""The quick path of ``Task.delay``/``apply_async`` without options: a template per task.
+"""The quick path of ``delay``/``apply_async``/``send_task`` without options: a template per task.
 
 Most calls of a task look alike: no options, sent from outside a task, to the same queue with
 the same headers. For those, ``quick_send`` keeps per task the ``Publisher`` its transport
@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 _EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def _task_options(task: Task[Any, Any]) -> tuple[Any, ...]:
+def _task_options(task: Task[Any, Any] | None) -> tuple[Any, ...]:
     """The task's attributes that ``prepare`` reads (a program may change them at run time)."""
+    if task is None:
+        return ()
     return (
         task.queue,
         task.priority,
@@ -85,15 +87,16 @@ class _Entry:
 
 def _build(
     app: Celeriac,
-    task: Task[Any, Any],
+    name: str,
+    task: Task[Any, Any] | None,
     conf: dict[str, Any],
     options: tuple[Any, ...],
     pid: int,
 ) -> _Entry:
     transport = app.transport
     publisher = None
-    if not conf["task_routes"] and task.expires is None:
-        publication = prepare(app, task.name, (), {}, task=task)
+    if not conf["task_routes"] and (task is None or task.expires is None):
+        publication = prepare(app, name, (), {}, task=task)
         message = publication.message
         plain = message.serializer == "json" and not message.compression
         if plain and publication.eta is None and message.expires is None:
@@ -107,9 +110,11 @@ def body_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
 
 
 def quick_send(
-    app: Celeriac, task: Task[Any, Any], args: Any, kwargs: Any
+    app: Celeriac, name: str, task: Task[Any, Any] | None, args: Any, kwargs: Any
 ) -> tuple[str, Publisher, bytes] | None:
-    """(task id, publisher, payload) of a call that fits a template, or None (see above)."""
+    """(task id, publisher, payload) of a call of task ``name`` that fits a template, or None
+    (see above). ``task``: the registered task (``delay``), or None (``send_task``: the
+    message then takes only the app's settings, as on the full path)."""
     if ctx.top() is not None:
         return None
     if signals.before_task_publish._receivers or signals.after_task_publish._receivers:
@@ -122,10 +127,11 @@ def quick_send(
     pid = os.getpid()
     transport = app.transport
     options = _task_options(task)
-    entry: _Entry | None = app._quick_entries.get(task.name)
+    key = (name, task is None)
+    entry: _Entry | None = app._quick_entries.get(key)
     if entry is None or not entry.holds(conf, options, pid, transport):
-        entry = _build(app, task, conf, options, pid)
-        app._quick_entries[task.name] = entry
+        entry = _build(app, name, task, conf, options, pid)
+        app._quick_entries[key] = entry
     publisher = entry.publisher
     if publisher is None:
         return None

@@ -219,20 +219,9 @@ class Task(Generic[P, R]):
         """
         if self.typing:
             self.check_arguments(args or (), kwargs or {})
-        app = self.app
-        if app.conf.task_always_eager:
+        if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        if not options:
-            from celeriac.app.quick_send import quick_send
-
-            quick = quick_send(app, self, args, kwargs)
-            if quick is not None:
-                from celeriac.result import AsyncResult
-
-                task_id, publisher, payload = quick
-                app._publish_with_retry(lambda: publisher.send(payload), None, None)
-                return AsyncResult(task_id, app=app, task_name=self.name)
-        return app.send_task(self.name, args, kwargs, task=self, **options)
+        return self.app.send_task(self.name, args, kwargs, task=self, **options)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay`` for async callers: the publish does not block the event loop."""
