@@ -111,3 +111,34 @@ def test_a_mixed_group_keeps_its_order(app: Celeriac, client: Any, prefix: str) 
     ]
     assert list(reversed(main)) == [i for n, i in enumerate(ids) if n != 3]
     assert other == [ids[3]]
+
+
+def test_a_shared_root_id_is_kept_by_every_member(app: Celeriac, client: Any, prefix: str) -> None:
+    @app.task(name="grp.rooted")
+    def rooted(i: int) -> None:
+        return None
+
+    root = "0f0f0f0f-0000-4000-8000-000000000000"
+    members = [rooted.s(1).set(task_id=root), rooted.s(2), rooted.s(3)]
+    group(members).apply_async(root_id=root)
+    sent = [loads_envelope(r).message.headers for r in client.lrange(f"{prefix}celery", 0, -1)]
+    assert [h["root_id"] for h in sent] == [root, root, root]
+
+
+def test_a_single_link_signature_is_accepted(app: Celeriac, client: Any, prefix: str) -> None:
+    @app.task(name="grp.first")
+    def first(i: int) -> None:
+        return None
+
+    @app.task(name="grp.after")
+    def after(value: Any) -> None:
+        return None
+
+    result = group(first.s(1), first.s(2)).apply_async(link=after.s(), link_error=after.s())
+    sent = {
+        h.message.headers["id"]: h.message
+        for h in map(loads_envelope, client.lrange(f"{prefix}celery", 0, -1))
+    }
+    head = sent[result.results[0].id]
+    assert json.loads(head.body)[2]["callbacks"][0]["task"] == "grp.after"
+    assert all(json.loads(m.body)[2]["errbacks"][0]["task"] == "grp.after" for m in sent.values())

@@ -206,3 +206,68 @@ def test_send_task_by_name_takes_the_quick_path_with_the_apps_settings(
         app.encode(publication.message), routing_key=publication.queue, delivery_tag=tag
     )
     assert raw == full
+
+
+def test_send_task_by_name_of_a_registered_task_uses_its_options(
+    app: Celeriac, client: Any, prefix: str
+) -> None:
+    @app.task(name="quick.special", queue="special", priority=5, shadow_name=None)
+    def special() -> None:
+        return None
+
+    special.ignore_result = True
+    app.send_task("quick.special")
+    (raw,) = client.lrange(f"{prefix}special\x06\x163", 0, -1)
+    message = loads_envelope(raw).message
+    assert message.headers["ignore_result"] is True
+    assert message.properties["priority"] == 5
+
+
+def test_an_app_that_overrides_prepare_takes_the_full_path(prefix: str, client: Any) -> None:
+    class Tenanted(Celeriac):
+        def prepare(self, name: str, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+            options.setdefault("headers", {})["tenant"] = "acme"
+            return super().prepare(name, args, kwargs, **options)
+
+    app = Tenanted("tenanted", broker=URL, broker_transport_options={"global_keyprefix": prefix})
+    try:
+
+        @app.task(name="quick.tenant")
+        def tenant() -> None:
+            return None
+
+        tenant.delay()
+        (raw,) = client.lrange(f"{prefix}celery", 0, -1)
+        assert loads_envelope(raw).message.headers["tenant"] == "acme"
+    finally:
+        app.close()
+
+
+def test_a_route_added_in_place_is_seen_by_the_next_call(
+    app: Celeriac, client: Any, prefix: str
+) -> None:
+    @app.task(name="quick.routed")
+    def routed() -> None:
+        return None
+
+    app.conf.task_routes = {}
+    routed.delay()
+    app.conf.task_routes["quick.routed"] = {"queue": "routed"}
+    routed.delay()
+    assert client.llen(f"{prefix}celery") == 1
+    assert client.llen(f"{prefix}routed") == 1
+
+
+def test_max_connections_leaves_the_pool_to_the_other_commands(prefix: str, client: Any) -> None:
+    options = {"global_keyprefix": prefix, "max_connections": 1}
+    app = Celeriac("limited", broker=URL, broker_transport_options=options)
+    try:
+
+        @app.task(name="quick.limited")
+        def limited() -> None:
+            return None
+
+        limited.delay()
+        assert app.transport.qsize("celery") == 1
+    finally:
+        app.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -97,3 +98,28 @@ def test_a_forked_child_publishes_on_its_own_connection(
     transport.publish("q", msg("parent-2"))
     assert bodies(client, prefix) == ["child", "declare", "parent-1", "parent-2"]
     assert before["id"] in [c["id"] for c in connections_named(client, name)]
+
+
+def test_close_never_waits_for_a_busy_or_inherited_lock(transport: RedisTransport) -> None:
+    transport.publish("q", msg("kept"))
+    pinned = transport._pinned
+    assert pinned._lock.acquire()  # as if a publish were in flight, or the lock had leaked
+    try:
+        pid = os.fork() if hasattr(os, "fork") else None
+        if pid == 0:  # the child inherits the held lock: closing must not block
+            try:
+                transport.close()
+            finally:
+                os._exit(0)
+        closer = threading.Thread(target=pinned.close)
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive()
+        if pid is not None:
+            deadline = time.monotonic() + 10
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                assert time.monotonic() < deadline, "the forked child's close() hung"
+                time.sleep(0.01)
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        pinned._lock.release()

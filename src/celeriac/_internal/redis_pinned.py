@@ -15,6 +15,7 @@ on this project's machines, a third of what a single ``LPUSH`` costs its caller 
 - Any other interruption (an exception from the parser, KeyboardInterrupt mid-reply) drops the
   connection, so a half-read reply never answers the next command.
 - After a fork the child makes its own connection (the parent's is never touched).
+- Not used when ``max_connections`` is set: a kept connection would hold one of them.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ class PinnedConnection:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._conn: Any = None
+        #: with ``max_connections`` set, a kept connection would take one of them for good
+        limit = getattr(client.connection_pool, "max_connections", None)
+        self._enabled = limit is None or limit >= 2**31 - 1
 
     def execute(self, *args: Any) -> Any:
         if self._pid != os.getpid():
             self._forked()
-        if not self._lock.acquire(blocking=False):
+        if not self._enabled or not self._lock.acquire(blocking=False):
             return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         try:
             if self._conn is None:
@@ -69,8 +73,17 @@ class PinnedConnection:
         self._conn = None
 
     def close(self) -> None:
-        """Give the connection back to the pool (the client's ``close`` disconnects it)."""
-        with self._lock:
+        """Give the connection back to the pool (the client's ``close`` disconnects it).
+
+        Never waits for the lock: one held at a fork, or leaked by an interrupt between its
+        acquire and its ``try``, would block forever. A command in flight in another thread
+        uses its connection to the end; the client's ``close`` disconnects it with the rest."""
+        if self._pid != os.getpid() or not self._lock.acquire(blocking=False):
+            self._conn = None
+            return
+        try:
             conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid():
+        finally:
+            self._lock.release()
+        if conn is not None:
             self._client.connection_pool.release(conn)

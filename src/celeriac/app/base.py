@@ -264,7 +264,10 @@ class Celeriac:
         if not options or list(options) == ["task"]:
             from celeriac.app.quick_send import quick_send
 
-            quick = quick_send(self, name, options.get("task"), args, kwargs)
+            task = options.get("task")
+            if task is None and name in self._tasks:  # as ``prepare`` looks it up
+                task = self._tasks[name]
+            quick = quick_send(self, name, task, args, kwargs)
             if quick is not None:
                 task_id, publisher, payload = quick
                 self._publish_with_retry(lambda: publisher.send(payload), retry, retry_policy)

@@ -11,7 +11,13 @@ It answers None, and the caller takes the full path, whenever anything could mak
 differ: options given, a running task (parent and root ids, inherited priority), receivers on
 ``before_task_publish``/``after_task_publish`` (they are given the message's parts), routes
 (a router may look at the arguments), a task with ``expires`` (a time per message), a serializer
-other than JSON or compression, or a transport without a publisher. A template is rebuilt when
+other than JSON or compression, an app class that overrides ``prepare`` or ``encode``, or a
+transport without a publisher.
+
+Settings are read through ``Settings.resolved()``: a setting assigned anew is seen by the next
+call. ``task_routes`` is checked on every call (a route added in place takes the full path at
+once); ``task_queues`` changed in place is seen when the template is next rebuilt: assign a new
+value to change it at run time. A template is rebuilt when
 the settings change (``Settings.resolved`` is a new dict then), when one of the task's own
 options changes (``queue``, ``priority``, ``ignore_result``, ...: compared on every call),
 after a fork (``origin`` holds the pid; the app opens a new transport) and when the transport
@@ -27,6 +33,7 @@ from celeriac import signals
 from celeriac._internal.ids import new_id
 from celeriac.app import context as ctx
 from celeriac.app.messages import _reply_to, prepare
+from celeriac.exceptions import OperationalError
 from celeriac.protocol.message import REPR_MAXSIZE, encode, saferepr
 from celeriac.protocol.serialization import json_dumps
 
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
     from celeriac.app.task import Task
     from celeriac.transports.base import Publisher, Transport
 
+#: templates kept per app at most (``send_task`` may send to any number of names)
+MAX_ENTRIES = 1000
 #: the embed of a message with no callbacks, errbacks, chain or chord (its JSON body's tail)
 _EMPTY_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -85,6 +94,15 @@ class _Entry:
         )
 
 
+def _overridden(app: Celeriac) -> bool:
+    """Whether the app's class changes how messages are made (then every call takes the full
+    path: an override may look at each call, e.g. to add a header from a context variable)."""
+    from celeriac.app.base import Celeriac
+
+    kind = type(app)
+    return kind.prepare is not Celeriac.prepare or kind.encode is not Celeriac.encode
+
+
 def _build(
     app: Celeriac,
     name: str,
@@ -92,15 +110,20 @@ def _build(
     conf: dict[str, Any],
     options: tuple[Any, ...],
     pid: int,
-) -> _Entry:
+) -> _Entry | None:
+    """The entry of a task, or None to take the full path this time (the transport could not
+    declare the queue: the full path retries as the publish retry policy says)."""
     transport = app.transport
     publisher = None
-    if not conf["task_routes"] and (task is None or task.expires is None):
+    if (task is None or task.expires is None) and not _overridden(app):
         publication = prepare(app, name, (), {}, task=task)
         message = publication.message
         plain = message.serializer == "json" and not message.compression
         if plain and publication.eta is None and message.expires is None:
-            publisher = transport.publisher(publication.queue, encode(message))
+            try:
+                publisher = transport.publisher(publication.queue, encode(message), root_is_id=True)
+            except OperationalError:
+                return None
     return _Entry(conf, options, pid, transport, publisher)
 
 
@@ -124,14 +147,21 @@ def quick_send(
     if kwargs is not None and type(kwargs) is not dict:
         return None
     conf = app.conf.resolved()
+    if conf["task_routes"]:
+        return None
     pid = os.getpid()
     transport = app.transport
     options = _task_options(task)
     key = (name, task is None)
-    entry: _Entry | None = app._quick_entries.get(key)
+    entries = app._quick_entries
+    entry: _Entry | None = entries.get(key)
     if entry is None or not entry.holds(conf, options, pid, transport):
         entry = _build(app, name, task, conf, options, pid)
-        app._quick_entries[key] = entry
+        if entry is None:
+            return None
+        if len(entries) >= MAX_ENTRIES:  # names sent by ``send_task`` are not bounded
+            entries.clear()
+        entries[key] = entry
     publisher = entry.publisher
     if publisher is None:
         return None

@@ -56,6 +56,13 @@ def _part(item: Any, app: Celeriac | None) -> Signature[Any]:
     return sig.group() if isinstance(sig, chunks) else sig.clone()
 
 
+def _signatures(value: Any) -> list[Any]:
+    """A ``link``/``link_error`` option as a list: one signature (a dict) or several."""
+    if not value:
+        return []
+    return [value] if isinstance(value, dict) else list(value)
+
+
 def _finish_copy(sig: Signature[Any], source: Signature[Any], args: Any, opts: Any) -> None:
     """A clone's ``immutable``, partial ``args`` and extra options, from ``source``."""
     sig.options.update(opts)
@@ -140,10 +147,10 @@ class chain(_TaskList):
             raise ValueError("cannot apply an empty chain")
         opts = {**copy_options(self.options), **options}
         task_id, at = pop_frozen(opts)
-        for errback in opts.pop("link_error", None) or ():
+        for errback in _signatures(opts.pop("link_error", None)):
             for step in steps:
                 step.link_error(errback)
-        for callback in opts.pop("link", None) or ():
+        for callback in _signatures(opts.pop("link", None)):
             steps[-1].link(callback)
         after = list(opts.pop("chain", None) or ())
         result = self._freeze(task_id, at)
@@ -318,10 +325,10 @@ class group(_TaskList):
             body = chain(*reversed(after), app=self._app)
             return chord(self, body, app=self._app)._plan(plan, args, kwargs, opts)
         task_id, at = pop_frozen(opts)
-        for errback in opts.pop("link_error", None) or ():
+        for errback in _signatures(opts.pop("link_error", None)):
             for member in self.tasks:
                 member.link_error(errback)
-        for callback in opts.pop("link", None) or ():  # as Celery: the first task, immutable
+        for callback in _signatures(opts.pop("link", None)):  # as Celery: the first task, immutable
             if self.tasks:
                 self.tasks[0].link(maybe_signature(callback, app=self._app).clone(immutable=True))
         for key in ("root_id", "parent_id"):

@@ -13,14 +13,15 @@ from celeriac._internal.ids import new_id
 from celeriac.app import context as ctx
 from celeriac.app.messages import Publication
 from celeriac.canvas.base import Call, Membership, Plan, Signature, maybe_signature, signature
-from celeriac.exceptions import ImproperlyConfigured
+from celeriac.exceptions import ImproperlyConfigured, OperationalError
 from celeriac.protocol.envelope import RawMessage
 from celeriac.protocol.message import REPR_MAXSIZE, TaskMessage, saferepr
 from celeriac.protocol.serialization import json_dumps
+from celeriac.transports.base import Rendered
 
 if TYPE_CHECKING:
     from celeriac.app.base import Celeriac
-    from celeriac.transports.base import Publisher, Transport
+    from celeriac.transports.base import Publisher
 
 #: signature types applied by the canvas (the others are one task message each)
 COMPOSITE_TYPES = frozenset({"chain", "group", "chord", "chunks"})
@@ -89,35 +90,17 @@ def send_plan(plan: Plan) -> None:
 
 
 def _publish(app: Celeriac, items: Sequence[Prepared]) -> None:
-    """Publish in order: runs of rendered payloads through their ``Publisher`` (one call per
-    run), the rest with ``publish_many`` (``PUBLISH_BATCH`` per call)."""
-    transport = app.transport
-    plain: list[tuple[str, RawMessage, float | None]] = []
-    payloads: list[bytes] = []
-    publisher: Publisher | None = None
-    for _, queue, message, eta in items:
-        if isinstance(message, Rendered):
-            if plain:
-                _publish_plain(transport, plain)
-                plain = []
-            if publisher is not None and message.publisher is not publisher:
-                publisher.send_many(payloads)
-                payloads = []
-            publisher = message.publisher
-            payloads.append(message.payload)
-            continue
-        if publisher is not None:
-            publisher.send_many(payloads)
-            publisher, payloads = None, []
-        plain.append((queue, message, eta))
-    if publisher is not None:
-        publisher.send_many(payloads)
-    _publish_plain(transport, plain)
-
-
-def _publish_plain(transport: Transport, items: list[tuple[str, RawMessage, float | None]]) -> None:
+    """Publish in order, ``PUBLISH_BATCH`` per round trip: with the transport's
+    ``publish_many``, or, when some are ``Rendered``, with a publisher's ``send_many`` (which
+    takes rendered and plain messages together)."""
+    sender = next((m.publisher for _, _, m, _ in items if isinstance(m, Rendered)), None)
     for start in range(0, len(items), PUBLISH_BATCH):
-        transport.publish_many(items[start : start + PUBLISH_BATCH])
+        batch = items[start : start + PUBLISH_BATCH]
+        if sender is None:
+            plain = cast("list[tuple[str, str, RawMessage, float | None]]", batch)
+            app.transport.publish_many([(queue, raw, eta) for _, queue, raw, eta in plain])
+        else:
+            sender.send_many([m if isinstance(m, Rendered) else (q, m, e) for _, q, m, e in batch])
 
 
 #: the options that differ between the members of a group (the rest is shared)
@@ -126,16 +109,6 @@ PER_MEMBER = ("task_id", "group_index")
 NOT_SENT = ("retry", "retry_policy")
 _NOT_SHARED = frozenset(PER_MEMBER + NOT_SENT)
 _MISSING = object()
-
-
-class Rendered:
-    """A message rendered by a ``Publisher``'s template: its payload, ready to send."""
-
-    __slots__ = ("payload", "publisher")
-
-    def __init__(self, publisher: Publisher, payload: bytes) -> None:
-        self.publisher = publisher
-        self.payload = payload
 
 
 #: what ``prepare_calls`` gives per call: (task name, queue, encoded message, due time)
@@ -148,7 +121,9 @@ class _Template:
     serialisation of the embedded callbacks/chord/chain happen once per group; each member
     gets its own id, arguments, ``group_index`` and ``argsrepr`` in the same wire format."""
 
-    __slots__ = ("embed_tail", "inherited_root", "name", "publisher", "queue", "raw", "shared")
+    __slots__ = (
+        "embed_tail", "inherited_root", "name", "publisher", "queue", "raw", "shared", "tried",
+    )  # fmt: skip
 
     def __init__(
         self, name: str, shared: dict[str, Any], queue: str, message: TaskMessage, raw: RawMessage
@@ -166,6 +141,8 @@ class _Template:
         self.inherited_root = shared.get("root_id") or root
         #: set by ``prepare_calls`` when the members are rendered by the transport's publisher
         self.publisher: Publisher | None = None
+        #: whether the transport was asked for a publisher (once, at the second member)
+        self.tried = False
 
     def fits(self, name: str, options: dict[str, Any]) -> bool:
         """Whether a call of ``name`` with ``options`` (a call's own) is the template's but
@@ -224,6 +201,15 @@ def _reusable(app: Celeriac, publication: Publication) -> bool:
     return not app.conf.task_routes
 
 
+def _publisher(app: Celeriac, template: _Template) -> Publisher | None:
+    """The transport's publisher for a template's members (None: they are sent plain)."""
+    root_is_id = template.inherited_root is None
+    try:
+        return app.transport.publisher(template.queue, template.raw, root_is_id=root_is_id)
+    except OperationalError:  # could not declare the queue: the plain publish retries
+        return None
+
+
 def prepare_calls(app: Celeriac, calls: Sequence[Call], *, render: bool = False) -> list[Prepared]:
     """(task name, queue, encoded message, due time) of every call, each call's arguments
     checked against its task first.
@@ -243,6 +229,9 @@ def prepare_calls(app: Celeriac, calls: Sequence[Call], *, render: bool = False)
                 task.check_arguments(call.args, call.kwargs)
                 fitting.add(shape)
         if template is not None and template.fits(call.name, call.options):
+            if render and not template.tried:  # a second member: the template pays off
+                template.tried = True
+                template.publisher = _publisher(app, template)
             out.append(template.prepared(call, call.options))
             continue
         options = {k: v for k, v in call.options.items() if k not in NOT_SENT}
@@ -252,8 +241,6 @@ def prepare_calls(app: Celeriac, calls: Sequence[Call], *, render: bool = False)
         template = None
         if _reusable(app, publication):
             template = _Template(call.name, shared, publication.queue, publication.message, raw)
-            if render:
-                template.publisher = app.transport.publisher(publication.queue, raw)
         out.append((call.name, publication.queue, raw, publication.eta))
     return out
 

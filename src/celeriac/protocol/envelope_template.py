@@ -37,15 +37,21 @@ class EnvelopeTemplate:
         self._format = text
 
     @classmethod
-    def build(cls, prototype: RawMessage, routing_key: str) -> EnvelopeTemplate | None:
-        """The template of messages like ``prototype`` sent to ``routing_key``, or None."""
+    def build(
+        cls, prototype: RawMessage, routing_key: str, *, root_is_id: bool
+    ) -> EnvelopeTemplate | None:
+        """The template of messages like ``prototype`` sent to ``routing_key``, or None.
+        ``root_is_id``: each message's ``root_id`` is its own id (else it is the prototype's,
+        shared: a group's members sent with one root)."""
         headers, properties = dict(prototype.headers), dict(prototype.properties)
         task_id = headers.get("id")
         if not isinstance(task_id, str) or properties.get("correlation_id") != task_id:
             return None
         ids = 2
         headers["id"] = properties["correlation_id"] = _MARK.format("id")
-        if headers.get("root_id") == task_id:
+        if root_is_id:
+            if headers.get("root_id") != task_id:
+                return None
             headers["root_id"] = _MARK.format("id")
             ids = 3
         for name in ("argsrepr", "kwargsrepr"):

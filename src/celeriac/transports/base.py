@@ -78,15 +78,29 @@ class DeadLetter:
 
 class Publisher(Protocol):
     """Sends messages that differ from one prototype only in an ``EnvelopeTemplate``'s fields
-    (a task's calls with the same options): ``template.render(...)`` gives a payload, ``send``
-    publishes one and ``send_many`` several, in order, in one round trip. Immediate messages
-    only (no ``eta``). Raises what ``publish`` raises."""
+    (a task's calls with the same options): ``template.render(...)`` gives a payload and
+    ``send`` publishes it; immediate messages only (no ``eta``). ``send_many`` publishes, in
+    order and in one round trip, ``Rendered`` payloads of any publisher of the same transport
+    mixed with plain ``(queue, message, eta)`` items (a group whose members are of several
+    tasks). Raises what ``publish`` raises."""
 
     template: EnvelopeTemplate
 
     def send(self, payload: bytes) -> None: ...
 
-    def send_many(self, payloads: Sequence[bytes]) -> None: ...
+    def send_many(
+        self, items: Sequence[Rendered | tuple[str, RawMessage, float | None]]
+    ) -> None: ...
+
+
+class Rendered:
+    """A payload rendered by a ``Publisher``'s template, waiting to be sent (``send_many``)."""
+
+    __slots__ = ("payload", "publisher")
+
+    def __init__(self, publisher: Publisher, payload: bytes) -> None:
+        self.publisher = publisher
+        self.payload = payload
 
 
 class Transport(ABC):
@@ -115,9 +129,13 @@ class Transport(ABC):
         for queue, message, eta in items:
             self.publish(queue, message, eta=eta)
 
-    def publisher(self, queue: str, prototype: RawMessage) -> Publisher | None:
-        """A faster way to send messages like ``prototype`` to ``queue`` (see ``Publisher``),
-        or None (the default): such a driver has only ``publish``."""
+    def publisher(
+        self, queue: str, prototype: RawMessage, *, root_is_id: bool = True
+    ) -> Publisher | None:
+        """A faster way to send messages like ``prototype`` to ``queue`` (see ``Publisher``;
+        ``root_is_id`` as ``EnvelopeTemplate.build`` has it), or None (the default): such a
+        driver has only ``publish``. May raise what ``publish`` raises (it may declare the
+        queue)."""
         return None
 
     # -- consumer side -----------------------------------------------------------------------

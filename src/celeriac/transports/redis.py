@@ -112,6 +112,7 @@ from celeriac.transports.base import (
     AsyncTransport,
     DeadLetter,
     Delivery,
+    Rendered,
     Transport,
 )
 from celeriac.transports.redis_client import async_client, link_for, sync_client
@@ -173,21 +174,31 @@ def _missing_scripts(results: list[Any]) -> list[int]:
 PUSH_BATCH = 1000
 
 
-def _pipe_publish(
-    pipe: Any, core: Core, items: Sequence[tuple[str, RawMessage, float | None]]
-) -> set[str]:
-    """Queue the writes of ``publish_many`` on ``pipe``; returns the queues it declares.
+#: what ``_pipe_publish`` takes: a plain message, or a payload a ``_ListPublisher`` rendered
+Outgoing = Rendered | tuple[str, RawMessage, float | None]
+
+
+def _pipe_publish(pipe: Any, core: Core, items: Sequence[Outgoing]) -> set[str]:
+    """Queue the writes of ``publish_many`` (and of a publisher's ``send_many``) on ``pipe``;
+    returns the queues it declares.
 
     Consecutive messages for one list go in one LPUSH with many values (up to
     ``PUSH_BATCH``): the list ends up as with one LPUSH each, for a fraction of the work."""
     now, new = time.time(), set()
     run_key, run = "", list[bytes]()
-    for queue, message, eta in items:
-        if queue not in new:
-            for key, member in core.declarations(queue):
-                pipe.sadd(key, member)
-            new.add(queue)
-        key, payload, score = core.encode(queue, message, eta, now)
+    for item in items:
+        if isinstance(item, Rendered):  # its queue was declared when its publisher was made
+            publisher = item.publisher
+            if not isinstance(publisher, _ListPublisher):  # pragma: no cover - misuse
+                raise TypeError("a payload rendered by another transport's publisher")
+            key, payload, score = publisher.key, item.payload, None
+        else:
+            queue, message, eta = item
+            if queue not in new:
+                for key, member in core.declarations(queue):
+                    pipe.sadd(key, member)
+                new.add(queue)
+            key, payload, score = core.encode(queue, message, eta, now)
         if run and (key != run_key or score is not None or len(run) >= PUSH_BATCH):
             pipe.lpush(run_key, *run)
             run = []
@@ -204,18 +215,18 @@ def _pipe_publish(
 class _ListPublisher:
     """``Publisher`` of the Redis broker: rendered envelopes LPUSHed to one ready list."""
 
-    __slots__ = ("_key", "_transport", "template")
+    __slots__ = ("_transport", "key", "template")
 
     def __init__(self, transport: RedisTransport, key: str, template: EnvelopeTemplate) -> None:
         self._transport = transport
-        self._key = key
+        self.key = key
         self.template = template
 
     def send(self, payload: bytes) -> None:
-        self._transport._push(self._key, payload)
+        self._transport._push(self.key, payload)
 
-    def send_many(self, payloads: Sequence[bytes]) -> None:
-        self._transport._push_many(self._key, payloads)
+    def send_many(self, items: Sequence[Outgoing]) -> None:
+        self._transport._publish_outgoing(items)
 
 
 class RedisTransport(Transport):
@@ -295,11 +306,16 @@ class RedisTransport(Transport):
             self._run("publish", self._pinned.execute, "ZADD", key, score, payload)
 
     def publish_many(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> None:
+        self._publish_outgoing(items)
+
+    def _publish_outgoing(self, items: Sequence[Outgoing]) -> None:
         if items:
             self._core.declared |= self._run("publish", self._publish, items)
 
-    def publisher(self, queue: str, prototype: RawMessage) -> _ListPublisher | None:
-        template = EnvelopeTemplate.build(prototype, queue)
+    def publisher(
+        self, queue: str, prototype: RawMessage, *, root_is_id: bool = True
+    ) -> _ListPublisher | None:
+        template = EnvelopeTemplate.build(prototype, queue, root_is_id=root_is_id)
         if template is None:
             return None
         if queue not in self._core.declared:
@@ -317,17 +333,7 @@ class RedisTransport(Transport):
     def _push(self, key: str, payload: bytes) -> None:
         self._run("publish", self._pinned.execute, "LPUSH", key, payload)
 
-    def _push_many(self, key: str, payloads: Sequence[bytes]) -> None:
-        def push() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for start in range(0, len(payloads), PUSH_BATCH):
-                pipe.lpush(key, *payloads[start : start + PUSH_BATCH])
-            pipe.execute()
-
-        if payloads:
-            self._run("publish", push)
-
-    def _publish(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> set[str]:
+    def _publish(self, items: Sequence[Outgoing]) -> set[str]:
         pipe = self._client.pipeline(transaction=False)
         new = _pipe_publish(pipe, self._core, items)
         pipe.execute()
