@@ -15,7 +15,8 @@ on this project's machines, a third of what a single ``LPUSH`` costs its caller 
 - Any other interruption (an exception from the parser, KeyboardInterrupt mid-reply) drops the
   connection, so a half-read reply never answers the next command.
 - After a fork the child makes its own connection (the parent's is never touched).
-- Not used when ``max_connections`` is set: a kept connection would hold one of them.
+- Not used (``enabled=False``) when the user sets ``max_connections``: a kept connection would
+  hold one of a few (redis-py's own default, 100 in redis-py 8, leaves room).
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from celeriac._internal.redis_link import RETRYABLE
 class PinnedConnection:
     """``execute(*args)``: ``client.execute_command(*args)`` on a kept connection."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, enabled: bool = True) -> None:
         self._client = client
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._conn: Any = None
-        #: with ``max_connections`` set, a kept connection would take one of them for good
-        limit = getattr(client.connection_pool, "max_connections", None)
-        self._enabled = limit is None or limit >= 2**31 - 1
+        #: False: every command goes through the pool (``max_connections`` set by the user)
+        self._enabled = enabled
 
     def execute(self, *args: Any) -> Any:
         if self._pid != os.getpid():

@@ -246,7 +246,7 @@ class RedisTransport(Transport):
         self.lease_seconds = self._core.opts.visibility_timeout
         self._client = sync_client(self._core, self.options)
         #: single publishes go on a kept connection (``redis_pinned``)
-        self._pinned = PinnedConnection(self._client)
+        self._pinned = PinnedConnection(self._client, enabled="max_connections" not in self.options)
         self._link = link_for(self._core, self.describe())
         #: the connection ``fetch`` blocks on (its own, so ``wake`` can CLIENT UNBLOCK it)
         self._blocker: redis.Redis | None = None
