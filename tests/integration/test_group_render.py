@@ -142,3 +142,24 @@ def test_a_single_link_signature_is_accepted(app: Celeriac, client: Any, prefix:
     head = sent[result.results[0].id]
     assert json.loads(head.body)[2]["callbacks"][0]["task"] == "grp.after"
     assert all(json.loads(m.body)[2]["errbacks"][0]["task"] == "grp.after" for m in sent.values())
+
+
+def test_applying_a_group_leaves_it_as_it_was(app: Celeriac, client: Any, prefix: str) -> None:
+    @app.task(name="grp.again")
+    def again(i: int) -> None:
+        return None
+
+    members = [again.s(i) for i in range(3)]
+    sig = group(members)
+    before = json.dumps(sig, sort_keys=True)
+    first = sig.apply_async()
+    second = sig.apply_async()
+    assert json.dumps(sig, sort_keys=True) == before  # no ids written into the caller's group
+    assert all("task_id" not in m.options for m in members)
+    ids = [r.id for r in first.results] + [r.id for r in second.results]
+    assert len(set(ids)) == 6 and first.id != second.id
+    frozen = group(again.s(i) for i in range(2))
+    expected = frozen.freeze()
+    sent = frozen.apply_async()
+    assert [r.id for r in sent.results] == [r.id for r in expected.results]
+    assert sent.id == expected.id

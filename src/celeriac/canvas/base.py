@@ -71,7 +71,10 @@ class Plan:
 
 def copy_options(options: dict[str, Any]) -> dict[str, Any]:
     """A copy whose list values (``link``, ``link_error``, ``chain``) are copies too."""
-    return {k: list(v) if isinstance(v, list) else v for k, v in options.items()}
+    for value in options.values():
+        if isinstance(value, list):
+            return {k: list(v) if isinstance(v, list) else v for k, v in options.items()}
+    return dict(options)  # no list in it (the common case): a plain copy, at C speed
 
 
 def pop_frozen(options: dict[str, Any]) -> tuple[str | None, Membership]:
@@ -209,9 +212,15 @@ class Signature(dict[str, Any], Generic[R]):
 
     # -- building ------------------------------------------------------------------------------
     def _merge(
-        self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None, options: dict[str, Any]
+        self,
+        args: Sequence[Any] | None,
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
+        own: dict[str, Any] | None = None,
     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
-        merged_options = {**copy_options(self.options), **options}
+        """(args, kwargs, options) of a call: ``args`` prepended (unless immutable), the rest
+        merged over the signature's own (``own``: a copy of its options already made)."""
+        merged_options = {**(copy_options(self.options) if own is None else own), **options}
         if self.immutable:
             return self.args, self.kwargs, merged_options
         return partial_args(self, args), {**self.kwargs, **(kwargs or {})}, merged_options
@@ -314,6 +323,12 @@ class Signature(dict[str, Any], Generic[R]):
         """How many results this signature reports to a chord whose header it is part of."""
         return 1
 
+    def _plans_in_place(self, options: dict[str, Any]) -> bool:
+        """Whether ``_plan`` with these options leaves this signature (and its parts) as it
+        is, so that ``apply_async`` need not plan a copy. A single task's plan copies its
+        options; composites that freeze their parts say no (a plain group says yes)."""
+        return type(self) is Signature
+
     def _plan(
         self, plan: Plan, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any]
     ) -> Any:
@@ -322,9 +337,15 @@ class Signature(dict[str, Any], Generic[R]):
         plan.calls.append(call)
         return AsyncResult(call.options["task_id"], app=self._app, task_name=self.task)
 
-    def _call(self, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any]) -> Call:
+    def _call(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        own: dict[str, Any] | None = None,
+    ) -> Call:
         """The ``Call`` that ``_plan`` adds (``args`` prepended, options merged)."""
-        new_args, new_kwargs, opts = self._merge(args, kwargs, options)
+        new_args, new_kwargs, opts = self._merge(args, kwargs, options, own)
         for key in NOT_OPTIONS:
             opts.pop(key, None)
         opts["task_id"] = opts.get("task_id") or new_id()

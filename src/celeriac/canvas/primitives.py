@@ -274,12 +274,14 @@ class group(_TaskList):
             index += member._join_count()
         return GroupResult(gid, results, app=self._app)
 
-    def _freeze_own(self, _id: str | None, at: Membership) -> tuple[str, str, int]:
+    def _freeze_own(
+        self, _id: str | None, at: Membership, opts: dict[str, Any] | None = None
+    ) -> tuple[str, str, int]:
         """The group's own part of ``_freeze``: (its id, the id its members report to, the
-        first member's ``group_index``)."""
+        first member's ``group_index``), written in its options (or in ``opts``)."""
         from celeriac._internal.ids import new_id
 
-        opts = self.options
+        opts = self.options if opts is None else opts
         gid = opts.get("task_id") or _id or new_id()
         opts["task_id"] = gid
         if at.group_id:
@@ -298,16 +300,19 @@ class group(_TaskList):
         options: dict[str, Any],
     ) -> GroupResult[Any]:
         """``_freeze`` then ``_plan_members`` for a group of single task signatures (a bulk
-        send), in one pass per member: no ``Membership`` and no result made twice."""
+        send), in one pass per member: no ``Membership`` and no result made twice. The ids
+        are written in copies of the options: the group and its members are left as they are
+        (``_plans_in_place``)."""
         from celeriac.result import AsyncResult, GroupResult
 
-        gid, join_id, index = self._freeze_own(task_id, at)
+        gid, join_id, index = self._freeze_own(task_id, at, dict(self.options))
         member_args = partial_args(self, args)
         app, calls = self._app, plan.calls
         results: list[AsyncResult[Any]] = []
         for member in self.tasks:
-            freeze_options(member.options, None, join_id, at, index)
-            call = member._call(member_args, kwargs, options)
+            own = copy_options(member.options)
+            freeze_options(own, None, join_id, at, index)
+            call = member._call(member_args, kwargs, options, own)
             calls.append(call)
             results.append(AsyncResult(call.options["task_id"], app=app, task_name=call.name))
             index += 1
@@ -315,6 +320,14 @@ class group(_TaskList):
 
     def _join_count(self) -> int:
         return sum(member._join_count() for member in self.tasks)
+
+    def _plans_in_place(self, options: dict[str, Any]) -> bool:
+        """A group of single tasks with no ``link``, ``link_error`` or steps after it is
+        planned by ``_plan_plain``, which changes nothing in place."""
+        for key in ("link", "link_error", "chain"):
+            if self.options.get(key) or options.get(key):
+                return False
+        return all(type(member) is Signature for member in self.tasks)
 
     def _plan(
         self, plan: Plan, args: Sequence[Any], kwargs: dict[str, Any], options: dict[str, Any]

@@ -39,13 +39,14 @@ def apply_composite(
 ) -> Any:
     """``apply_async`` of a composite: eager when ``task_always_eager``; else a frozen copy's
     plan is sent (all or nothing: every call's arguments are checked before any is sent).
-    ``private``: ``sig`` is already a copy of the caller's own (frozen as it is, not copied)."""
+    ``private``: ``sig`` is already a copy of the caller's own (frozen as it is, not copied);
+    a signature whose plan changes nothing in it (``_plans_in_place``) is not copied either."""
     app = sig.app
     if app.conf.task_always_eager:
         return sig.apply(args, kwargs, **options)
     add_to_parent = options.pop("add_to_parent", True)
     plan = Plan(app)
-    mine = sig if private else sig.clone()
+    mine = sig if private or sig._plans_in_place(options) else sig.clone()
     result = mine._plan(plan, tuple(args or ()), dict(kwargs or {}), options)
     send_plan(plan)
     current = ctx.top()
