@@ -285,9 +285,16 @@ def test_thread_outcomes_reach_the_loop_in_batches() -> None:
         loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
         futures = [loop.create_future() for _ in range(3)]
 
+        class Item:  # what a pool thread posts: the job, finished on the loop
+            def __init__(self, future: asyncio.Future[Any]) -> None:
+                self.future = future
+
+            def finish(self, outcome: Any) -> None:
+                self.future.set_result(outcome)
+
         def post_all() -> None:
             for i, future in enumerate(futures):
-                completions.post(future, Succeeded(i, 0.0))
+                completions.post(Item(future), Succeeded(i, 0.0))  # type: ignore[arg-type]
 
         thread = threading.Thread(target=post_all)
         thread.start()

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
 from celeriac._internal.timeutils import utcnow
-from celeriac.app.trace import Failed, format_exc
+from celeriac.app.trace import Failed, Outcome, format_exc
 from celeriac.exceptions import EncodeError
 from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
 from celeriac.worker.chords import ChordPart, join_chords
@@ -355,6 +355,8 @@ class Consumer:
         self.fetcher: asyncio.Task[None] | None = None
         self._reserved: deque[Request] = deque()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: futures of the jobs handed to the pool with ``Pool.submit`` (no Task each)
+        self._submitted: dict[str, asyncio.Future[Outcome]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._executing = 0
         self._room = asyncio.Event()
@@ -519,9 +521,14 @@ class Consumer:
         self.execution.started(request)
         soft, hard = request.time_limits()
         job = Job(request.task, request.context, soft, hard)
-        task = asyncio.get_running_loop().create_task(self._run(request, job))
-        self._tasks[request.tag] = task
-        self._jobs[request.tag] = job
+        tag = request.tag
+        self._jobs[tag] = job
+        future = None if request.task.is_async else self.pool.submit(job)
+        if future is not None:  # no asyncio Task: ``_ran`` is called with the outcome
+            self._submitted[tag] = future
+            future.add_done_callback(functools.partial(self._ran, request))
+            return
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._run(request, job))
 
     async def _run(self, request: Request, job: Job) -> None:
         try:
@@ -531,38 +538,81 @@ class Consumer:
                 logger.exception("Internal error running %s", job.label)
                 outcome = Failed(exc, format_exc(exc), 0.0)
             finally:
-                self._executing -= 1
-                self.state.active.pop(request.tag, None)
-                self.state.notify()
-                self._room.set()
-                self._start_reserved()
-            if request.abandoned:
-                pass
-            elif request.withdrawn:
-                request.acked = True
-                self.batch.requeue(request.delivery)
-            elif lost_for_redelivery(outcome) and not request.acked:
-                self._lapse(request)
-            else:
-                if self._paced:
-                    self._paced_by(outcome.runtime)
+                self._finished(request)
+            if self._settled_by_run(request, outcome):
                 await self._handle(request, outcome)
         finally:
             self._tasks.pop(request.tag, None)
             self._jobs.pop(request.tag, None)
 
-    async def _handle(self, request: Request, outcome: Any) -> None:
+    def _ran(self, request: Request, future: asyncio.Future[Outcome]) -> None:
+        """A submitted job's outcome (or its cancellation: the pool dropped it, nothing to
+        write): handled here when ``Execution.outcome_now`` can, else by a Task."""
+        tag = request.tag
+        self._submitted.pop(tag, None)
+        self._finished(request)
+        job = self._jobs.pop(tag, None)
+        if future.cancelled():
+            return
+        outcome = future.result()
+        if not self._settled_by_run(request, outcome):
+            return
+        try:
+            if self.execution.outcome_now(request, outcome):
+                return
+        except Exception:
+            self._internal_error(request)
+            return
+        if job is not None:
+            self._jobs[tag] = job
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._later(request, outcome))
+
+    async def _later(self, request: Request, outcome: Outcome) -> None:
+        try:
+            await self._handle(request, outcome)
+        finally:
+            self._tasks.pop(request.tag, None)
+            self._jobs.pop(request.tag, None)
+
+    def _finished(self, request: Request) -> None:
+        """The pool is done with ``request``: its slot is free."""
+        self._executing -= 1
+        self.state.active.pop(request.tag, None)
+        self.state.notify()
+        self._room.set()
+        self._start_reserved()
+
+    def _settled_by_run(self, request: Request, outcome: Outcome) -> bool:
+        """Settle the message of an abandoned, withdrawn or lost request; True for the others,
+        whose outcome is to be handled."""
+        if request.abandoned:
+            return False
+        if request.withdrawn:
+            request.acked = True
+            self.batch.requeue(request.delivery)
+            return False
+        if lost_for_redelivery(outcome) and not request.acked:
+            self._lapse(request)
+            return False
+        if self._paced:
+            self._paced_by(outcome.runtime)
+        return True
+
+    async def _handle(self, request: Request, outcome: Outcome) -> None:
         try:
             await self.execution.outcome(request, outcome)
         except Exception:
-            logger.exception(
-                "Internal error handling the outcome of %s[%s]: dead-lettering its message",
-                request.name,
-                request.id,
-            )
-            if not request.acked:
-                request.acked = True
-                self.batch.dead_letter(request.delivery, "internal worker error (see its log)")
+            self._internal_error(request)
+
+    def _internal_error(self, request: Request) -> None:
+        logger.exception(
+            "Internal error handling the outcome of %s[%s]: dead-lettering its message",
+            request.name,
+            request.id,
+        )
+        if not request.acked:
+            request.acked = True
+            self.batch.dead_letter(request.delivery, "internal worker error (see its log)")
 
     def _lapse(self, request: Request) -> None:
         """The pool process running the task died: stop renewing the message's lease, so that
@@ -627,8 +677,10 @@ class Consumer:
         Cancelling this wait cancels nothing else (``asyncio.wait``, not ``gather``): at a cold
         shutdown, tasks that already finished still write their outcomes.
         """
-        while self._tasks or self._background:
-            await asyncio.wait({*self._tasks.values(), *self._background})
+        while self._tasks or self._background or self._submitted:
+            pending: set[asyncio.Future[Any]] = {*self._tasks.values(), *self._background}
+            pending.update(self._submitted.values())
+            await asyncio.wait(pending)
 
     async def wait_handled(self, timeout: float) -> None:
         """Cold shutdown, after ``abandon_running``: wait (at most ``timeout`` seconds) for the
@@ -650,5 +702,11 @@ class Consumer:
             task = self._tasks.get(tag)
             if task is not None:
                 task.cancel()
+            future = self._submitted.get(tag)
+            job = self._jobs.get(tag)
+            if future is not None:
+                if job is not None:
+                    self.pool.withdraw(job)  # a queued job must not start
+                future.cancel()
             abandoned += 1
         return abandoned
