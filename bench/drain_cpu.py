@@ -1,5 +1,8 @@
 """CPU per task of a Redis drain, A/B: ``python -m bench.drain_cpu --src DIR [--src DIR ...]``.
 
+With ``--roundtrip N``: instead of a drain, ``N`` ``delay().get()`` round trips against an idle
+worker of each checkout (p50/p99 in ms, and the p50 of the send and result legs).
+
 Each ``--src`` is a Celeriac checkout (its ``src/`` is put first on the worker's
 ``PYTHONPATH``); the runs alternate between them (A B A B ...) for ``--rounds`` rounds on one
 private Redis. A run queues ``--count`` ``add`` tasks (results stored), starts
@@ -84,6 +87,28 @@ def one_run(
     }
 
 
+def one_roundtrip(
+    adapter: Any, server: RedisServer, src: str, args: argparse.Namespace
+) -> dict[str, float]:
+    from bench.scenario import _legs, _until_up
+    from bench.stats import percentile
+
+    frameworks.redis_client().flushdb()
+    env = {**os.environ, "PYTHONPATH": f"{src}/src:{ROOT}"}
+    argv = adapter.worker_argv(args.pool, args.concurrency) + list(args.worker_args)
+    with WorkerProcess(argv, env=env, cwd=str(ROOT)) as worker:
+        _until_up(adapter, worker)
+        for i in range(50):
+            adapter.get(adapter.delay("add", i, i), timeout=10)
+        times = []
+        for i in range(args.roundtrip):
+            start = time.perf_counter()
+            adapter.get(adapter.delay("add", i, i), timeout=10)
+            times.append((time.perf_counter() - start) * 1000)
+        legs = _legs(adapter, max(50, args.roundtrip // 5))
+    return {"p50": percentile(times, 50), "p99": percentile(times, 99), **legs}
+
+
 def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):8,.1f} ({min(values):,.1f}-{max(values):,.1f})"
 
@@ -94,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--task", default="add")
+    parser.add_argument("--roundtrip", type=int, default=0, metavar="N")
     parser.add_argument("--pool", default="threads")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("worker_args", nargs="*", help="after --: extra worker options")
@@ -107,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict[str, float]]] = {src: [] for src in args.src}
         for r in range(args.rounds):
             for src in args.src:
+                if args.roundtrip:
+                    run = one_roundtrip(adapter, server, src, args)
+                    runs[src].append(run)
+                    print(f"round {r + 1} {src}: {run}", flush=True)
+                    continue
                 run = one_run(adapter, server, src, args)
                 runs[src].append(run)
                 print(
@@ -115,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run['tasks_per_evalsha']:.1f} tasks/EVALSHA",
                     flush=True,
                 )
+    if args.roundtrip:
+        print(f"\n{args.pool} -c {args.concurrency}, {args.roundtrip} round trips (ms): median")
+        for src, got in runs.items():
+            print(src, {k: round(statistics.median(g[k] for g in got), 3) for k in got[0]})
+        return 0
     print(f"\n{args.pool} -c {args.concurrency}, {args.count} x {args.task}: median (range)")
     for src, got in runs.items():
         print(

@@ -39,7 +39,8 @@ def _setup(server: RedisServer) -> frameworks.Adapter:
     os.environ.update(
         BENCH_BROKER_URL=server.url, BENCH_BACKEND_URL=server.url, BENCH_REDIS_URL=server.url
     )
-    os.environ["PYTHONPATH"] = str(ROOT)
+    # this checkout's sources first (a venv may hold an editable install of another one)
+    os.environ["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
     return frameworks.load("celeriac")
 
 

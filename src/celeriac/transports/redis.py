@@ -308,18 +308,22 @@ class RedisTransport(Transport):
     ) -> tuple[list[Delivery] | None, Taken | None]:
         """Take what is ready (``taken``: what the take behind the last wait took); when
         nothing is, wait once and return (None, the reply of the take sent behind the wait)."""
-        if self._core.restore_due(time.monotonic()):
-            self._restore_expired()
+        core = self._core
+        if core.restore_due(time.monotonic()) and self._restore_expired():
+            core.emptied = None
         if taken is None:
-            call, lease = self._core.take_call(queues, limit)
+            wait = core.wait_first(queues, deadline - time.monotonic(), self._woken.is_set())
+            if wait is not None:
+                return None, self._wait_and_take(queues, limit, wait)
+            call, lease = core.take_call(queues, limit)
             taken = (self._eval(call), lease)
-        good, bad, next_due = self._core.parse_take(queues, *taken)
-        self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
+        good, bad, next_due = core.parse_take(queues, *taken, limit=limit)
+        self._eval_many([c for d, why in bad for c in core.dead_calls(d, why)])
         _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken.is_set():
             return good, None
-        seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
+        seconds = block_seconds(remaining, core.opts, next_due, time.time())
         return None, self._wait_and_take(queues, limit, seconds)
 
     def _wait_and_take(self, queues: list[str], limit: int, seconds: float) -> Taken:
@@ -586,18 +590,22 @@ class AsyncRedisTransport(AsyncTransport):
         self, queues: list[str], limit: int, deadline: float, taken: Taken | None
     ) -> tuple[list[Delivery] | None, Taken | None]:
         """Take what is ready (see ``RedisTransport._fetch_once``)."""
-        if self._core.restore_due(time.monotonic()):
-            await self._restore_expired()
+        core = self._core
+        if core.restore_due(time.monotonic()) and await self._restore_expired():
+            core.emptied = None
         if taken is None:
-            call, lease = self._core.take_call(queues, limit)
+            wait = core.wait_first(queues, deadline - time.monotonic(), self._woken)
+            if wait is not None:
+                return None, await self._wait_and_take(queues, limit, wait)
+            call, lease = core.take_call(queues, limit)
             taken = (await self._eval(call), lease)
-        good, bad, next_due = self._core.parse_take(queues, *taken)
-        await self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
+        good, bad, next_due = core.parse_take(queues, *taken, limit=limit)
+        await self._eval_many([c for d, why in bad for c in core.dead_calls(d, why)])
         _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken:
             return good, None
-        seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
+        seconds = block_seconds(remaining, core.opts, next_due, time.time())
         return None, await self._wait_and_take(queues, limit, seconds)
 
     async def _wait_and_take(self, queues: list[str], limit: int, seconds: float) -> Taken:
@@ -613,6 +621,19 @@ class AsyncRedisTransport(AsyncTransport):
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         await self._settle("ack", self._core.ack_calls(deliveries))
+
+    async def ack_with_writes(
+        self, deliveries: Sequence[Delivery], keys: Sequence[str], args: Sequence[Any]
+    ) -> bool:
+        """Result writes, then the acks of ``deliveries``, in one script call (``WRITE_ACK``):
+        per key ``SET key value [PX ms]`` and ``PUBLISH key value``, with ``args`` holding
+        each key's expiry in ms ("" = none) and value. A write that fails acks nothing. False
+        (nothing done) for more deliveries than one call takes: write and ack separately."""
+        call = self._core.write_ack_call(deliveries, keys, args)
+        if call is None:
+            return False
+        await self._settle("ack", [call])
+        return True
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
         await self._settle("requeue", self._core.requeue_calls(deliveries))

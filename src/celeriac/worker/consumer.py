@@ -61,6 +61,7 @@ from celeriac.exceptions import EncodeError
 from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
 from celeriac.worker.chords import ChordPart, join_chords
 from celeriac.worker.execution import log_extra
+from celeriac.worker.joint import JointWriter
 from celeriac.worker.pools.base import Job, lost_for_redelivery
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.request import Invalid, Request
@@ -89,7 +90,7 @@ PACE_WEIGHT = 0.05
 class _Settle:
     """The messages one loop turn settles (taken together with its results)."""
 
-    __slots__ = ("acks", "dead", "defers", "requeues")
+    __slots__ = ("acked", "acks", "dead", "defers", "requeues")
 
     def __init__(
         self,
@@ -102,6 +103,8 @@ class _Settle:
         self.requeues = requeues
         self.defers = defers
         self.dead = dead
+        #: acks already sent with the results (``JointWriter``)
+        self.acked: list[Delivery] = []
 
 
 class IOBatch:
@@ -132,6 +135,8 @@ class IOBatch:
         self._runner: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        #: results and acks in one call, when the backend and the broker are one Redis
+        self.joint = JointWriter.find(transport, backend)
 
     # -- queueing ------------------------------------------------------------------------------
     def publish(self, queue: str, message: RawMessage, eta: float | None) -> None:
@@ -216,7 +221,11 @@ class IOBatch:
         if publishes:
             call = functools.partial(self.transport.publish_many, publishes)
             await self._attempt("publish messages", call, len(publishes))
-        if results:
+        if results and settle.acks and not joins and self.joint is not None:
+            call = functools.partial(self._store_and_ack, results, settle.acks)
+            await self._attempt("store results and ack", call, len(settle.acks))
+            settle.acked, settle.acks = settle.acks, []
+        elif results:
             await self._attempt("store results", functools.partial(self._store, results), 0)
         if joins and self.backend is not None:
             call = functools.partial(join_chords, joins, self.backend, self.transport)
@@ -237,10 +246,11 @@ class IOBatch:
         for delivery, reason in dead:
             call = functools.partial(transport.dead_letter, delivery, reason)
             calls.append(self._attempt("dead-letter", call))
-        if not calls:
+        if calls:
+            await asyncio.gather(*calls)
+        elif not settle.acked:
             return
-        await asyncio.gather(*calls)
-        settled = [*acks, *requeues, *(d for d, _ in defers), *(d for d, _ in dead)]
+        settled = [*settle.acked, *acks, *requeues, *(d for d, _ in defers), *(d for d, _ in dead)]
         for delivery in settled:
             self.state.held.pop(delivery.tag, None)
         self.state.notify()
@@ -263,6 +273,19 @@ class IOBatch:
                 logger.error("Could not %s (%d): %r; retrying in %.1fs", what, count, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _store_and_ack(self, metas: list[ResultMeta], acks: list[Delivery]) -> None:
+        """Results, then acks, in one call (``JointWriter``); separately when it declines or
+        a record cannot be encoded (``_store`` substitutes those)."""
+        assert self.joint is not None
+        latest = list({meta.task_id: meta for meta in metas}.values())
+        try:
+            if await self.joint.store_and_ack(latest, acks):
+                return
+        except (EncodeError, TypeError, ValueError):
+            pass
+        await self._store(latest)
+        await self.transport.ack(acks)
 
     async def _store(self, metas: list[ResultMeta]) -> None:
         assert self.backend is not None
