@@ -484,7 +484,7 @@ class Consumer:
                 request.id,
                 extra=log_extra(request.id, request.name),
             )
-        if request.expired(utcnow()):
+        if request.message.expires is not None and request.expired(utcnow()):
             self.execution.expired(request)
             return
         eta = request.eta_timestamp()
@@ -529,7 +529,7 @@ class Consumer:
             if self.limiter is not None and self.limiter.hold(request):
                 continue  # over its rate limit: handed back by _readmit when a token is due
             self.state.reserved.pop(request.tag, None)
-            if request.expired(utcnow()):
+            if request.message.expires is not None and request.expired(utcnow()):
                 self.execution.expired(request)
                 continue
             self._start(request)
