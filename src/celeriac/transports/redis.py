@@ -56,7 +56,9 @@ Guarantees
     non-empty". The take script is sent in the same pipeline right behind it, so Redis runs it
     the instant the wait ends (woken, timed out or CLIENT UNBLOCKed): one round trip per
     wake-up, and the take is the same atomic script (that take reads the server's ``TIME``, as
-    the client's clock at send time is up to ``poll_interval`` stale). Other lists (other
+    the client's clock at send time is up to ``poll_interval`` stale). After a take that got
+    fewer messages than it asked for, the next fetch sends the wait at once (``wait_first``).
+    Other lists (other
     priority steps and queues) and due delayed messages are checked at least every
     ``poll_interval`` (and exactly when the next delayed message is due). Redis has no
     multi-key non-popping wait; a pop-based wait (kombu's BRPOP) is what loses messages on a
@@ -71,6 +73,8 @@ Guarantees
     In a mixed fleet use the same ``visibility_timeout`` as the Celery workers: they do not renew.
     *Batches*: ``ack``, ``requeue`` and ``renew`` settle any number of deliveries with one
     script call (per 1000), which is what the worker sends once per loop turn.
+    ``ack_with_writes`` (async driver) writes result records (SET + PUBLISH each) and then acks,
+    in one script call (``WRITE_ACK``): the worker's batch when its result store is this Redis.
     *Reconnecting*: every call rides out a server restart or failover on its own - retried with
     backoff for up to ``connect_retries_timeout``, logged once when the link drops and once when
     it is back (details in ``redis_client``). What was acknowledged stays acknowledged and what

@@ -29,7 +29,10 @@ Dispatch (per delivery)
     to the prefetch: synchronous, ``acks_late``, no ``track_started`` (STARTED would be stored
     before they start). Their time limits count from their start (the pool arms them then). At a
     warm shutdown the queued ones that have not started are withdrawn from the pool and requeued,
-    as reserved ones.
+    as reserved ones. A synchronous job goes to the pool with ``Pool.submit`` where the pool
+    takes it that way (threads without a hard limit, prefork): no asyncio Task per request,
+    the outcome is handled in the future's done callback (``_ran``), a plain success at once
+    (``Execution.outcome_now``), anything else in a Task. Other jobs run in a Task (``_run``).
 
 Batching (``IOBatch``)
     Everything the worker writes goes through one ``IOBatch``: it collects the publishes,
@@ -39,7 +42,9 @@ Batching (``IOBatch``)
     requeue, defer, dead-letter). While a batch is in flight the next one accumulates, so the
     batch size follows the load. A failing call is retried with backoff (a bounded number of
     times once the worker is stopping). A result that cannot be serialised is stored as a
-    FAILURE with ``EncodeError`` instead (never left missing).
+    FAILURE with ``EncodeError`` instead (never left missing). When the backend and the broker
+    are one Redis (``worker.joint``), a turn without chord joins stores its results and acks
+    its messages with one script call (results first, atomically with the acks).
 """
 
 from __future__ import annotations
