@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import platform
@@ -216,8 +217,11 @@ class Worker:
             except BaseException:
                 await self._close(cold=True)
                 raise
-            if install_signal_handlers:
+            if install_signal_handlers:  # this process is the worker's own (``run``)
                 self._install_signal_handlers()
+                # what start-up loaded (modules, the app, the drivers) lives as long as the
+                # process: keep it out of the cyclic collector's full passes
+                gc.freeze()
             self._ready.set()
             signals.worker_ready.send(sender=self.consumer)
             logger.info("%s ready.", self.hostname)
