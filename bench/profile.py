@@ -106,7 +106,7 @@ def _py_spy(pid: int, out: Path, fmt: str, rate: int = 250) -> subprocess.Popen[
     if not Path(exe).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
     argv = [exe, "record", "-p", str(pid), "-r", str(rate), "-f", fmt, "-o", str(out)]
-    argv += ["--nonblocking", "-s"]
+    argv += ["--nonblocking", "-s", *(["--gil"] if os.environ.get("BENCH_PY_SPY_GIL") else [])]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -102,3 +102,27 @@ def test_only_one_redis_server_and_db_is_joint(prefix: str) -> None:
         return found
 
     assert asyncio.run(main()) == [True, False, False]
+
+
+def test_acks_across_takes_and_queues_skip_a_lease_no_longer_held(prefix: str, client: Any) -> None:
+    async def main() -> list[Any]:
+        transport = AsyncRedisTransport(URL, options={"global_keyprefix": prefix})
+        try:
+            items = [(q, _message(f"{q}-{i}"), None) for q in ("q1", "q2") for i in range(3)]
+            await transport.publish_many(items)
+            first = await transport.fetch(["q1", "q2"], 4, 1.0)  # one take, one lease
+            second = await transport.fetch(["q1", "q2"], 4, 1.0)  # another
+            got = first + second
+            assert len(got) == 6
+            stale = got[0]
+            held_key = f"{prefix}{stale.queue}\x06\x16celeriac.held"
+            client.hset(held_key, stale.tag, "someone-else")  # its lease ran out, re-handed
+            key = f"{prefix}celery-task-meta-x"
+            assert await transport.ack_with_writes(got, [key], ["", b"{}"])
+            return got
+        finally:
+            await transport.close()
+
+    got = asyncio.run(main())
+    assert client.get(f"{prefix}celery-task-meta-x") == b"{}"
+    assert [t.decode() for t in client.hkeys(f"{prefix}unacked")] == [got[0].tag]

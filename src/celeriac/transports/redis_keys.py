@@ -498,10 +498,13 @@ class Core:
             return None
         k = self.keys
         index = KeyIndex([*keys, k.unacked, k.unacked_index, k.deliveries])
-        argv: list[Any] = [len(keys), *args]
+        groups: dict[tuple[str, str], list[str]] = {}  # one lease and held key: one take
         for d in held:
             handle: Held = d.handle
-            argv += (d.tag, handle.lease, index.index(handle.held_key))
+            groups.setdefault((handle.lease, handle.held_key), []).append(d.tag)
+        argv: list[Any] = [len(keys), *args]
+        for (lease, held_key), tags in groups.items():
+            argv += (lease, index.index(held_key), len(tags), *tags)
         return ("write_ack", index.keys, argv)
 
     def release_calls(self, mode: str, items: Sequence[Release]) -> list[Call]:

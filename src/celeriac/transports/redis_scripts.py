@@ -151,7 +151,8 @@ return settled
 #: before any ack.
 #: KEYS: the written keys, then unacked, unacked_index, deliveries, then the held keys.
 #: ARGV: number of written keys n, per written key its expiry in ms ("" = none) and value, then
-#:       per message: tag, lease, index of its held key in KEYS.
+#:       per group of messages with the same lease and held key: the lease, the index of the
+#:       held key in KEYS, how many tags follow, the tags.
 #: Returns how many messages were acked.
 WRITE_ACK = r"""
 local nw = tonumber(ARGV[1])
@@ -166,16 +167,21 @@ for i = 1, nw do
 end
 local unacked, index, deliveries = KEYS[nw + 1], KEYS[nw + 2], KEYS[nw + 3]
 local settled = 0
-for i = 2 * nw + 2, #ARGV, 3 do
-  local tag, held = ARGV[i], KEYS[tonumber(ARGV[i + 2])]
-  if redis.call('HGET', held, tag) == ARGV[i + 1] then
-    redis.call('HDEL', held, tag)
-    if redis.call('HDEL', unacked, tag) == 1 then
-      redis.call('ZREM', index, tag)
-      redis.call('HDEL', deliveries, tag)
-      settled = settled + 1
+local i = 2 * nw + 2
+while i <= #ARGV do
+  local lease, held, count = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+  for j = i + 3, i + 2 + count do
+    local tag = ARGV[j]
+    if redis.call('HGET', held, tag) == lease then
+      redis.call('HDEL', held, tag)
+      if redis.call('HDEL', unacked, tag) == 1 then
+        redis.call('ZREM', index, tag)
+        redis.call('HDEL', deliveries, tag)
+        settled = settled + 1
+      end
     end
   end
+  i = i + 3 + count
 end
 return settled
 """
