@@ -1,8 +1,8 @@
 """Results and acks in one round trip, when the result store and the broker are one Redis.
 
-The worker's batch (``consumer.IOBatch``) stores a turn's results, then acks their messages.
-When the result backend's native store and the broker's transport are the same Redis server and
-database (``same_redis`` of their URLs) and the drivers offer it (the store's
+The worker's batch (``worker.iobatch.IOBatch``) stores a turn's results, then acks their
+messages. When the result backend's native store and the broker's transport are the same Redis
+server and database (``same_redis`` of their URLs) and the drivers offer it (the store's
 ``set_publish_args``, the transport's ``ack_with_writes``), both go out as one script call on
 the broker's connection: the writes (``SET`` + ``PUBLISH`` each, what the store itself would
 send) and then the acks, in one atomic step. So a result is stored before its message is acked,

@@ -44,9 +44,10 @@ from celeriac.app.routing import known_queues
 from celeriac.backends.base import AsyncResultBackend
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.worker.autoscale import parse_autoscale
-from celeriac.worker.consumer import Consumer, IOBatch
+from celeriac.worker.consumer import Consumer
 from celeriac.worker.execution import Execution
 from celeriac.worker.heartbeat import Heartbeat, heartbeat_interval
+from celeriac.worker.iobatch import IOBatch
 from celeriac.worker.pools import POOLS, Pool, create_pool
 from celeriac.worker.request import RequestReader
 from celeriac.worker.state import WorkerState
