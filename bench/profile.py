@@ -39,7 +39,8 @@ def _setup(server: RedisServer) -> frameworks.Adapter:
     os.environ.update(
         BENCH_BROKER_URL=server.url, BENCH_BACKEND_URL=server.url, BENCH_REDIS_URL=server.url
     )
-    os.environ["PYTHONPATH"] = str(ROOT)
+    # this checkout's sources first (a venv may hold an editable install of another one)
+    os.environ["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
     return frameworks.load("celeriac")
 
 
@@ -100,12 +101,12 @@ def summarize_collapsed(path: Path, top: int) -> None:
         print(f"{100 * n / total:5.1f}%  {frame}")
 
 
-def _py_spy(pid: int, out: Path, fmt: str) -> subprocess.Popen[bytes]:
+def _py_spy(pid: int, out: Path, fmt: str, rate: int = 250) -> subprocess.Popen[bytes]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
-    argv = [exe, "record", "-p", str(pid), "-r", "250", "-f", fmt, "-o", str(out)]
-    argv += ["--nonblocking", "-s"]
+    argv = [exe, "record", "-p", str(pid), "-r", str(rate), "-f", fmt, "-o", str(out)]
+    argv += ["--nonblocking", "-s", *(["--gil"] if os.environ.get("BENCH_PY_SPY_GIL") else [])]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -114,9 +115,9 @@ def profile_drain(adapter: Any, args: argparse.Namespace) -> None:
     worker = _worker(adapter, args, BENCH_MARK_URL=os.environ["BENCH_REDIS_URL"])
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.txt"
-        spies = [_py_spy(worker.pid, raw, "raw")]
+        spies = [_py_spy(worker.pid, raw, "raw", args.rate)]
         if args.speedscope:
-            spies.append(_py_spy(worker.pid, Path(args.speedscope), "speedscope"))
+            spies.append(_py_spy(worker.pid, Path(args.speedscope), "speedscope", args.rate))
         client = frameworks.redis_client()
         try:
             while True:
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default="threads")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--speedscope", help="also write a speedscope profile (drain)")
     parser.add_argument("worker_args", nargs="*", help="after --: extra worker options")
     args = parser.parse_args(argv)

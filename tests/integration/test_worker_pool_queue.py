@@ -207,3 +207,34 @@ def test_a_queued_task_still_meets_its_time_limit(app: Celeriac, limit: str) -> 
             second.get(timeout=10)
         meta = app.backend.get_meta(second.id)  # type: ignore[union-attr]
         assert meta.date_done is not None
+
+
+def test_plain_sync_tasks_run_without_a_coroutine_each(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain synchronous task goes to the pool with ``Pool.submit`` and its outcome is
+    handled in a callback (no asyncio Task per request); a task with a link callback takes
+    the coroutine path for its follow-up, and both give the same results."""
+    from celeriac.worker.consumer import Consumer
+
+    coroutines: list[str] = []
+    original = Consumer._run
+
+    async def counted(self: Consumer, request: Any, job: Any) -> None:
+        coroutines.append(request.name)
+        await original(self, request, job)
+
+    monkeypatch.setattr(Consumer, "_run", counted)
+
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with start_worker(app, pool="threads", concurrency=2):
+        plain = [add.delay(i, i) for i in range(20)]
+        assert [r.get(timeout=10) for r in plain] == [i + i for i in range(20)]
+        linked = add.apply_async((1, 2), link=add.s(10))
+        assert linked.get(timeout=10) == 3
+        [child] = linked.children or []
+        assert child.get(timeout=10) == 13
+    assert coroutines == []

@@ -248,7 +248,7 @@ def test_the_batch_joins_after_storing_and_before_acking() -> None:
     from celeriac.protocol.envelope import RawMessage
     from celeriac.protocol.result_meta import ResultMeta
     from celeriac.transports.base import Delivery
-    from celeriac.worker.consumer import IOBatch
+    from celeriac.worker.iobatch import IOBatch
     from celeriac.worker.state import WorkerState
 
     app = Celeriac("join", broker="memory://join-batch", backend="memory://join-batch")

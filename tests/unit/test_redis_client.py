@@ -4,6 +4,7 @@ names and patterns (kombu's), one script call per batch, reconnect options and `
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import redis
@@ -132,3 +133,27 @@ def test_link_raises_at_once_for_errors_no_retry_fixes(error: Exception) -> None
     with pytest.raises(OperationalError):
         link.lost("publish", error, 0.0)
     assert link.down_since is None
+
+
+def test_a_fetch_after_a_take_that_came_up_short_waits_first() -> None:
+    """After a take that got fewer messages than it asked for (every list was empty), the
+    next fetch on the same queues waits (with the take behind the wait) instead of taking."""
+    core = Core("redis://localhost/0", 60.0, {"poll_interval": 1.0})
+    empty = ["-1"]
+    core.parse_take(["q"], empty, "lease", limit=8)
+    assert core.wait_first(["q"], 5.0, False) == 1.0  # at most poll_interval
+    assert core.wait_first(["q"], 5.0, False) is None  # once
+    core.parse_take(["q"], ["-1"], "lease", limit=0)  # a full take: take again at once
+    assert core.wait_first(["q"], 5.0, False) is None
+    core.parse_take(["q"], empty, "lease", limit=8)
+    assert core.wait_first(["other"], 5.0, False) is None  # other queues: take first
+    core.parse_take(["q"], empty, "lease", limit=8)
+    assert core.wait_first(["q"], 5.0, True) is None  # woken: return, no wait
+    core.parse_take(["q"], [repr(time.time() + 0.2)], "lease", limit=8)
+    wait = core.wait_first(["q"], 5.0, False)
+    assert wait is not None and wait <= 0.2  # no later than the next delayed message
+    core.parse_take(["q"], empty, "lease", limit=8)
+    assert core.emptied is not None
+    queues, due, _ = core.emptied
+    core.emptied = (queues, due, time.monotonic() - 1.0)  # the worker paused (no room) since
+    assert core.wait_first(["q"], 5.0, False) is None  # take first: other lists may have work

@@ -13,7 +13,7 @@ from celeriac.exceptions import OperationalError
 from celeriac.protocol.envelope import RawMessage
 from celeriac.protocol.result_meta import ResultMeta
 from celeriac.transports.base import Delivery
-from celeriac.worker.consumer import IOBatch
+from celeriac.worker.iobatch import IOBatch
 from celeriac.worker.state import WorkerState
 
 

@@ -279,3 +279,35 @@ def test_invalid_message_is_dead_lettered_with_failure(app: Celeriac, sink: Reco
     assert meta.status == states.FAILURE and meta.result["exc_type"] == "NotRegistered"
     assert sink.of("dead_letter") == ["unknown task 't.missing': not registered in this worker"]
     assert execution.state.dead_lettered == 1
+
+
+def test_a_plain_success_is_handled_at_once_the_same_as_by_outcome(
+    app: Celeriac, sink: RecordingSink
+) -> None:
+    """``outcome_now`` (no coroutine) queues what ``outcome`` queues for a plain success."""
+    execution = make(app, sink)
+    assert execution.outcome_now(request_for(app, "t.add", 1, 2), Succeeded(3, 0.01))
+    now = list(sink.calls)
+    sink.calls.clear()
+    handle(execution, request_for(app, "t.add", 1, 2), Succeeded(3, 0.01))
+    assert [kind for kind, _ in now] == sink.kinds() == ["store", "ack"]
+    (meta,) = [v for k, v in now if k == "store"]
+    assert (meta.status, meta.result, meta.children) == (states.SUCCESS, 3, [])
+    assert execution.state.counters.processed == execution.state.counters.succeeded == 2
+
+
+def test_outcomes_with_more_to_do_are_left_to_the_coroutine(
+    app: Celeriac, sink: RecordingSink
+) -> None:
+    execution = make(app, sink)
+    link = dict(app.tasks["t.add"].s(10))
+    with_link = request_for(app, "t.add", 1, 2, link=link)
+    with_chain = request_for(app, "t.add", 1, 2, chain=[dict(app.tasks["t.add"].s(1))])
+    plain = request_for(app, "t.add", 1, 2)
+    failed = Failed(ValueError("x"), "", 0.0)
+    assert not execution.outcome_now(with_link, Succeeded(3, 0.0))
+    assert not execution.outcome_now(with_chain, Succeeded(3, 0.0))
+    assert not execution.outcome_now(plain, failed)
+    assert not execution.outcome_now(plain, Ignored(0.0))
+    assert sink.calls == []
+    assert execution.state.counters.processed == 0

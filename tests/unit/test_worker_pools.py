@@ -285,9 +285,16 @@ def test_thread_outcomes_reach_the_loop_in_batches() -> None:
         loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
         futures = [loop.create_future() for _ in range(3)]
 
+        class Item:  # what a pool thread posts: the job, finished on the loop
+            def __init__(self, future: asyncio.Future[Any]) -> None:
+                self.future = future
+
+            def finish(self, outcome: Any) -> None:
+                self.future.set_result(outcome)
+
         def post_all() -> None:
             for i, future in enumerate(futures):
-                completions.post(future, Succeeded(i, 0.0))
+                completions.post(Item(future), Succeeded(i, 0.0))  # type: ignore[arg-type]
 
         thread = threading.Thread(target=post_all)
         thread.start()
@@ -299,3 +306,56 @@ def test_thread_outcomes_reach_the_loop_in_batches() -> None:
     values, wakes = asyncio.run(main())
     assert values == [0, 1, 2]
     assert wakes == 1
+
+
+def test_threads_submit_runs_a_job_to_a_bare_future(app: Celeriac) -> None:
+    """``submit``: the outcome comes on a future (no coroutine); the soft limit still applies;
+    a job with a hard limit is declined (``run`` enforces that one); a withdrawn queued job
+    never runs."""
+    ran: list[int] = []
+    gate = threading.Event()
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        ran.append(x)
+        return x + y
+
+    @app.task
+    def blocked() -> None:
+        gate.wait(5)
+
+    @app.task
+    def slow() -> str:
+        try:
+            time.sleep(5)
+        except SoftTimeLimitExceeded:
+            return "soft"
+        return "slept"
+
+    async def main() -> list[Any]:
+        pool = ThreadPool(1)
+        await pool.start()
+        try:
+            assert pool.submit(job(add, 1, 2, hard=5.0)) is None
+            first = pool.submit(job(add, 2, 3))
+            soft = pool.submit(job(slow, soft=0.05))
+            assert first is not None and soft is not None
+            outcomes = [await first, await soft]
+            holder = pool.submit(job(blocked))
+            queued_job = job(add, 7, 7)
+            queued = pool.submit(queued_job)
+            assert holder is not None and queued is not None
+            assert pool.withdraw(queued_job)
+            gate.set()
+            outcomes += [await holder, await queued]
+            return outcomes
+        finally:
+            gate.set()
+            await pool.stop()
+
+    added, soft, held, withdrawn = asyncio.run(main())
+    assert isinstance(added, Succeeded) and added.value == 5
+    assert isinstance(soft, Succeeded) and soft.value == "soft"
+    assert isinstance(held, Succeeded)
+    assert isinstance(withdrawn, Failed) and isinstance(withdrawn.exc, asyncio.CancelledError)
+    assert ran == [2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from celeriac.exceptions import ImproperlyConfigured
 
@@ -44,3 +44,28 @@ def load_driver(path: str, setting: str, url: str) -> Any:
             f"pip install 'celeriac[{extra}]'"
         ) from exc
     return getattr(module, attr)
+
+
+def same_redis(a: str, b: str) -> bool:
+    """True when two ``redis://``/``rediss://``/``redis+socket://`` URLs name the same server,
+    database and credentials (a script sent on one connection sees the other's keys).
+    ``sentinel://`` (and anything else) is never the same: the master may move."""
+    return _redis_identity(a) is not None and _redis_identity(a) == _redis_identity(b)
+
+
+def _redis_identity(url: str) -> tuple[Any, ...] | None:
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        query = dict(parse_qsl(parts.query))
+        if scheme in ("redis", "rediss"):
+            db = parts.path.strip("/") or query.get("db", "0")
+            where: tuple[Any, ...] = (parts.hostname or "localhost", parts.port or 6379)
+        elif scheme in ("redis+socket", "socket", "unix"):
+            db = query.get("virtual_host") or query.get("db") or "0"
+            where = (parts.path,)
+        else:
+            return None
+        return (scheme, *where, int(db), parts.username or "", parts.password or "")
+    except ValueError:
+        return None

@@ -444,9 +444,18 @@ class AsyncResultBackend:
         if self.store is None:
             await self._run(self.sync.store_many, list(metas))
             return
+        await self.store.set_many(await self.writes_for(metas))
+
+    async def writes_for(
+        self, metas: Sequence[ResultMeta]
+    ) -> list[tuple[str, bytes, float | None]]:
+        """The (key, record, expiry) writes ``store_many`` makes for ``metas`` (it reads what
+        it must first: a non-SUCCESS record is not written over a stored SUCCESS). Needs the
+        native store (``self.store``)."""
+        assert self.store is not None
         keys, reads = self.sync._plan(metas)
         current = dict(zip(reads, await self.store.mget(reads), strict=True)) if reads else {}
-        await self.store.set_many(self.sync._writes(metas, keys, current))
+        return self.sync._writes(metas, keys, current)
 
     async def get_meta(self, task_id: str) -> ResultMeta:
         if self.store is None:

@@ -455,6 +455,15 @@ class AsyncRedisStore(AsyncKeyValueStore):
         keys, args = _set_publish_args(self.prefix, items)
         await self._set_publish(keys=keys, args=args)
 
+    def set_publish_args(
+        self, items: Sequence[tuple[str, bytes, float | None]]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``SET_PUBLISH`` for ``items``: per key ``SET key value [PX ms]``
+        and ``PUBLISH key value``; ARGV holds the expiry in ms ("" = none) and the value of
+        each key. For a driver that performs these writes in its own script (the worker's
+        Redis broker, with its acks: ``celeriac.worker.joint``)."""
+        return _set_publish_args(self.prefix, items)
+
     async def delete(self, keys: Sequence[str]) -> None:
         if keys:
             await self._run("delete", self._client.delete, *[self._key(k) for k in keys])

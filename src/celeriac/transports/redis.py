@@ -60,10 +60,12 @@ Guarantees
     priority steps and queues) and due delayed messages are checked at least every
     ``poll_interval`` (and exactly when the next delayed message is due). Redis has no
     multi-key non-popping wait; a pop-based wait (kombu's BRPOP) is what loses messages on a
-    crash. The worker's driver, consuming one queue, goes straight to that wait when its last
-    take got less than it asked for (the lists were empty then): the wait returns at once if
-    the base list has a message, so an idle worker's next task costs one round trip, not two
-    (a lone message: 1.20 -> 1.02 ms from ``delay()`` to ``get()``).
+    crash. A fetch right after a take that got fewer messages than it asked for (within
+    ``redis_keys.WAIT_FIRST_WINDOW``, 50 ms) sends the wait at once (``Core.wait_first``): the
+    lists were empty a moment ago, and the wait returns at once if the watched list has a
+    message, so an idle worker's next task costs one round trip, not two. Later than that (the
+    worker paused for room), it takes first, so what arrived on other lists meanwhile is not
+    left to the wait.
     *Leases*: ``renew`` sets the ``unacked_index`` score to now, i.e. a fresh kombu delivery time,
     so no consumer (Celery's included) restores a message whose holder is alive. At fetch time,
     at most every ``unacked_restore_interval``, a consumer takes ``unacked_mutex`` (SET NX PX) and
@@ -74,6 +76,8 @@ Guarantees
     In a mixed fleet use the same ``visibility_timeout`` as the Celery workers: they do not renew.
     *Batches*: ``ack``, ``requeue`` and ``renew`` settle any number of deliveries with one
     script call (per 1000), which is what the worker sends once per loop turn.
+    ``ack_with_writes`` (async driver) writes result records (SET + PUBLISH each) and then acks,
+    in one script call (``WRITE_ACK``): the worker's batch when its result store is this Redis.
     *Reconnecting*: every call rides out a server restart or failover on its own - retried with
     backoff for up to ``connect_retries_timeout``, logged once when the link drops and once when
     it is back (details in ``redis_client``). What was acknowledged stays acknowledged and what
@@ -367,18 +371,22 @@ class RedisTransport(Transport):
     ) -> tuple[list[Delivery] | None, Taken | None]:
         """Take what is ready (``taken``: what the take behind the last wait took); when
         nothing is, wait once and return (None, the reply of the take sent behind the wait)."""
-        if self._core.restore_due(time.monotonic()):
-            self._restore_expired()
+        core = self._core
+        if core.restore_due(time.monotonic()) and self._restore_expired():
+            core.emptied = None
         if taken is None:
-            call, lease = self._core.take_call(queues, limit)
+            wait = core.wait_first(queues, deadline - time.monotonic(), self._woken.is_set())
+            if wait is not None:
+                return None, self._wait_and_take(queues, limit, wait)
+            call, lease = core.take_call(queues, limit)
             taken = (self._eval(call), lease)
-        good, bad, next_due = self._core.parse_take(queues, *taken)
-        self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
+        good, bad, next_due = core.parse_take(queues, *taken, limit=limit)
+        self._eval_many([c for d, why in bad for c in core.dead_calls(d, why)])
         _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken.is_set():
             return good, None
-        seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
+        seconds = block_seconds(remaining, core.opts, next_due, time.time())
         return None, self._wait_and_take(queues, limit, seconds)
 
     def _wait_and_take(self, queues: list[str], limit: int, seconds: float) -> Taken:
@@ -565,9 +573,6 @@ class AsyncRedisTransport(AsyncTransport):
         self.lease_seconds = self._core.opts.visibility_timeout
         self._client = async_client(self._core, self.options)
         self._link = link_for(self._core, self.describe())
-        #: the last take got less than it asked for (``_fetch_once`` then waits first)
-        self._drained = False
-        self._next_due: float | None = None
         #: set by ``wake``: a fetch returns at its next step (at most ``poll_interval`` away)
         self._woken = False
 
@@ -649,25 +654,22 @@ class AsyncRedisTransport(AsyncTransport):
         self, queues: list[str], limit: int, deadline: float, taken: Taken | None
     ) -> tuple[list[Delivery] | None, Taken | None]:
         """Take what is ready (see ``RedisTransport._fetch_once``)."""
-        if self._core.restore_due(time.monotonic()):
-            await self._restore_expired()
+        core = self._core
+        if core.restore_due(time.monotonic()) and await self._restore_expired():
+            core.emptied = None
         if taken is None:
-            remaining = deadline - time.monotonic()
-            if self._drained and len(queues) == 1 and remaining > 0 and not self._woken:
-                # the last take emptied the lists: wait first, the take right behind the wait
-                seconds = block_seconds(remaining, self._core.opts, self._next_due, time.time())
-                taken = await self._wait_and_take(queues, limit, seconds)
-            else:
-                call, lease = self._core.take_call(queues, limit)
-                taken = (await self._eval(call), lease)
-        good, bad, next_due = self._core.parse_take(queues, *taken)
-        self._drained, self._next_due = len(good) + len(bad) < limit, next_due
-        await self._eval_many([c for d, why in bad for c in self._core.dead_calls(d, why)])
+            wait = core.wait_first(queues, deadline - time.monotonic(), self._woken)
+            if wait is not None:
+                return None, await self._wait_and_take(queues, limit, wait)
+            call, lease = core.take_call(queues, limit)
+            taken = (await self._eval(call), lease)
+        good, bad, next_due = core.parse_take(queues, *taken, limit=limit)
+        await self._eval_many([c for d, why in bad for c in core.dead_calls(d, why)])
         _log_dead(bad)
         remaining = deadline - time.monotonic()
         if good or remaining <= 0 or self._woken:
             return good, None
-        seconds = block_seconds(remaining, self._core.opts, next_due, time.time())
+        seconds = block_seconds(remaining, core.opts, next_due, time.time())
         return None, await self._wait_and_take(queues, limit, seconds)
 
     async def _wait_and_take(self, queues: list[str], limit: int, seconds: float) -> Taken:
@@ -683,6 +685,19 @@ class AsyncRedisTransport(AsyncTransport):
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         await self._settle("ack", self._core.ack_calls(deliveries))
+
+    async def ack_with_writes(
+        self, deliveries: Sequence[Delivery], keys: Sequence[str], args: Sequence[Any]
+    ) -> bool:
+        """Result writes, then the acks of ``deliveries``, in one script call (``WRITE_ACK``):
+        per key ``SET key value [PX ms]`` and ``PUBLISH key value``, with ``args`` holding
+        each key's expiry in ms ("" = none) and value. A write that fails acks nothing. False
+        (nothing done) for more deliveries than one call takes: write and ack separately."""
+        call = self._core.write_ack_call(deliveries, keys, args)
+        if call is None:
+            return False
+        await self._settle("ack", [call])
+        return True
 
     async def requeue(self, deliveries: Sequence[Delivery]) -> None:
         await self._settle("requeue", self._core.requeue_calls(deliveries))

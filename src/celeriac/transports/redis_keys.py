@@ -28,6 +28,8 @@ logger = logging.getLogger("celeriac.transports.redis")
 DEFAULT_PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
 DEFAULT_SEP = "\x06\x16"
 MAX_PRIORITY = 9
+#: a fetch this soon (seconds) after a take that came up short waits first (``wait_first``)
+WAIT_FIRST_WINDOW = 0.05
 
 #: options handed to redis-py's client unchanged (Celery's ``broker_transport_options`` names)
 CLIENT_OPTIONS = (
@@ -375,6 +377,10 @@ class Core:
         self.declared: set[str] = set()
         self.next_restore = 0.0
         self.rotation = 0
+        #: (queues, next delayed due time) after a take that left every list of those queues
+        #: empty (it took fewer than it asked for): the next fetch waits first (``wait_first``)
+        #: (queues, next delayed due time, when) of the last take that came up short
+        self.emptied: tuple[tuple[str, ...], float | None, float] | None = None
 
     # -- publishing --------------------------------------------------------------------------
     def encode(
@@ -417,11 +423,30 @@ class Core:
         self.rotation += 1
         return key
 
+    def wait_first(self, queues: Sequence[str], remaining: float, woken: bool) -> float | None:
+        """How long the next fetch waits before it takes (the take pipelined behind the wait),
+        or None to take at once. It waits first when the last take on these queues left them
+        empty: a take now would almost always come back empty, and a round trip on the
+        worker's loop while its first task runs delays that task's result. A message that
+        arrives meanwhile ends the wait at once (on the watched list) or is taken within
+        ``poll_interval`` (other lists), as during any wait."""
+        emptied, self.emptied = self.emptied, None
+        if emptied is None or woken or remaining <= 0 or emptied[0] != tuple(queues):
+            return None
+        if time.monotonic() - emptied[2] > WAIT_FIRST_WINDOW:
+            return None  # a pause since (no room): what came meanwhile may be on other lists
+        return block_seconds(remaining, self.opts, emptied[1], time.time())
+
     def parse_take(
-        self, queues: Sequence[str], reply: list[Any], lease: str
+        self, queues: Sequence[str], reply: list[Any], lease: str, *, limit: int = 0
     ) -> tuple[list[Delivery], list[tuple[Delivery, str]], float | None]:
-        """(deliveries, undecodable deliveries with the reason, next delayed due time)."""
+        """(deliveries, undecodable deliveries with the reason, next delayed due time). With
+        ``limit`` (what the take asked for), a take that got fewer is remembered for
+        ``wait_first``."""
         next_due = float(reply[0])
+        if (len(reply) - 1) // 5 < limit:
+            due = next_due if next_due >= 0 else None
+            self.emptied = (tuple(queues), due, time.monotonic())
         good: list[Delivery] = []
         bad: list[tuple[Delivery, str]] = []
         for i in range(1, len(reply), 5):
@@ -467,6 +492,26 @@ class Core:
                 args += (d.tag, handle.lease, keys.index(handle.held_key))
             calls.append(("release", keys.keys, args))
         return calls
+
+    def write_ack_call(
+        self, deliveries: Sequence[Delivery], keys: Sequence[str], args: Sequence[Any]
+    ) -> Call | None:
+        """The ``write_ack`` call: the writes (``keys`` and, per key, expiry and value in
+        ``args``), then the acks; None for more than ``SETTLE_CHUNK`` deliveries (one script
+        call has to do it all, so that a failed write acks nothing)."""
+        held = ours(deliveries)
+        if len(held) > SETTLE_CHUNK or len(args) != 2 * len(keys):
+            return None
+        k = self.keys
+        index = KeyIndex([*keys, k.unacked, k.unacked_index, k.deliveries])
+        groups: dict[tuple[str, str], list[str]] = {}  # one lease and held key: one take
+        for d in held:
+            handle: Held = d.handle
+            groups.setdefault((handle.lease, handle.held_key), []).append(d.tag)
+        argv: list[Any] = [len(keys), *args]
+        for (lease, held_key), tags in groups.items():
+            argv += (lease, index.index(held_key), len(tags), *tags)
+        return ("write_ack", index.keys, argv)
 
     def release_calls(self, mode: str, items: Sequence[Release]) -> list[Call]:
         """``release`` calls settling ``items`` (delivery, target key, payload, score) in order."""

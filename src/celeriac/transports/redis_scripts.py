@@ -144,6 +144,48 @@ end
 return settled
 """
 
+#: Result writes, then acks, in one atomic step (the worker's ``celeriac.worker.joint``, when
+#: the result store is this Redis): per written key ``SET key value [PX ms]`` and ``PUBLISH key
+#: value`` (what the Redis result store's ``SET_PUBLISH`` does), then each message is acked as
+#: ``RELEASE`` acks it (only while this lease holds it). A write that fails ends the script
+#: before any ack.
+#: KEYS: the written keys, then unacked, unacked_index, deliveries, then the held keys.
+#: ARGV: number of written keys n, per written key its expiry in ms ("" = none) and value, then
+#:       per group of messages with the same lease and held key: the lease, the index of the
+#:       held key in KEYS, how many tags follow, the tags.
+#: Returns how many messages were acked.
+WRITE_ACK = r"""
+local nw = tonumber(ARGV[1])
+for i = 1, nw do
+  local px, value = ARGV[2 * i], ARGV[2 * i + 1]
+  if px == '' then
+    redis.call('SET', KEYS[i], value)
+  else
+    redis.call('SET', KEYS[i], value, 'PX', px)
+  end
+  redis.call('PUBLISH', KEYS[i], value)
+end
+local unacked, index, deliveries = KEYS[nw + 1], KEYS[nw + 2], KEYS[nw + 3]
+local settled = 0
+local i = 2 * nw + 2
+while i <= #ARGV do
+  local lease, held, count = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+  for j = i + 3, i + 2 + count do
+    local tag = ARGV[j]
+    if redis.call('HGET', held, tag) == lease then
+      redis.call('HDEL', held, tag)
+      if redis.call('HDEL', unacked, tag) == 1 then
+        redis.call('ZREM', index, tag)
+        redis.call('HDEL', deliveries, tag)
+        settled = settled + 1
+      end
+    end
+  end
+  i = i + 3 + count
+end
+return settled
+"""
+
 #: Renew leases: set the unacked_index score (kombu's delivery time) of each still-held tag to
 #: now. KEYS: unacked_index, then the held keys (each named once).
 #: ARGV: now, then per tag: tag, lease, index of its held key in KEYS. Returns how many.
@@ -214,6 +256,7 @@ return 1
 SCRIPTS: dict[str, str] = {
     "take": TAKE,
     "release": RELEASE,
+    "write_ack": WRITE_ACK,
     "renew": RENEW,
     "restore": RESTORE,
     "unlock": UNLOCK,

@@ -29,17 +29,13 @@ Dispatch (per delivery)
     to the prefetch: synchronous, ``acks_late``, no ``track_started`` (STARTED would be stored
     before they start). Their time limits count from their start (the pool arms them then). At a
     warm shutdown the queued ones that have not started are withdrawn from the pool and requeued,
-    as reserved ones.
+    as reserved ones. A synchronous job goes to the pool with ``Pool.submit`` where the pool
+    takes it that way (threads without a hard limit, prefork): no asyncio Task per request,
+    the outcome is handled in the future's done callback (``_ran``), a plain success at once
+    (``Execution.outcome_now``), anything else in a Task. Other jobs run in a Task (``_run``).
 
-Batching (``IOBatch``)
-    Everything the worker writes goes through one ``IOBatch``: it collects the publishes,
-    result records, chord parts, acks, requeues, defers and dead letters of one loop turn and
-    performs them with one call per kind, in this order: publish, store results, join chords
-    (``worker.chords.join_chords``: may publish chord bodies), then settle messages (ack,
-    requeue, defer, dead-letter). While a batch is in flight the next one accumulates, so the
-    batch size follows the load. A failing call is retried with backoff (a bounded number of
-    times once the worker is stopping). A result that cannot be serialised is stored as a
-    FAILURE with ``EncodeError`` instead (never left missing).
+Batching
+    Everything the worker writes goes through one ``IOBatch`` (``worker.iobatch``).
 """
 
 from __future__ import annotations
@@ -50,24 +46,19 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import replace
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from celeriac import signals, states
+from celeriac import signals
 from celeriac._internal.timeutils import utcnow
-from celeriac.app.trace import Failed, format_exc
-from celeriac.exceptions import EncodeError
-from celeriac.protocol.result_meta import ResultMeta, exception_to_dict
-from celeriac.worker.chords import ChordPart, join_chords
+from celeriac.app.trace import Failed, Outcome, format_exc
 from celeriac.worker.execution import log_extra
+from celeriac.worker.iobatch import IOBatch
 from celeriac.worker.pools.base import Job, lost_for_redelivery
 from celeriac.worker.ratelimit import RateLimiter
 from celeriac.worker.request import Invalid, Request
 
 if TYPE_CHECKING:
-    from celeriac.backends.base import AsyncResultBackend
-    from celeriac.protocol.envelope import RawMessage
     from celeriac.transports.base import AsyncTransport, Delivery
     from celeriac.worker.execution import Execution
     from celeriac.worker.pools.base import Pool
@@ -84,231 +75,6 @@ FETCH_MAX = 1000
 PREFETCH_GROWTH = 8
 #: weight of the newest run time in the moving average that paces the prefetch
 PACE_WEIGHT = 0.05
-
-
-class _Settle:
-    """The messages one loop turn settles (taken together with its results)."""
-
-    __slots__ = ("acks", "dead", "defers", "requeues")
-
-    def __init__(
-        self,
-        acks: list[Delivery],
-        requeues: list[Delivery],
-        defers: list[tuple[Delivery, float]],
-        dead: list[tuple[Delivery, str]],
-    ) -> None:
-        self.acks = acks
-        self.requeues = requeues
-        self.defers = defers
-        self.dead = dead
-
-
-class IOBatch:
-    """Collects one loop turn's I/O and performs it with one call per kind (see module doc)."""
-
-    def __init__(
-        self,
-        transport: AsyncTransport,
-        backend: AsyncResultBackend | None,
-        state: WorkerState,
-        *,
-        on_release: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.transport = transport
-        self.backend = backend
-        self.state = state
-        self.on_release = on_release
-        #: once stopping, a failing call is given up after a few attempts
-        self.closing = False
-        self.batches = 0
-        self._publishes: list[tuple[str, RawMessage, float | None]] = []
-        self._results: list[ResultMeta] = []
-        self._acks: list[Delivery] = []
-        self._requeues: list[Delivery] = []
-        self._defers: list[tuple[Delivery, float]] = []
-        self._dead: list[tuple[Delivery, str]] = []
-        self._joins: list[ChordPart] = []
-        self._runner: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    # -- queueing ------------------------------------------------------------------------------
-    def publish(self, queue: str, message: RawMessage, eta: float | None) -> None:
-        self._publishes.append((queue, message, eta))
-        self._kick()
-
-    def store(self, meta: ResultMeta) -> None:
-        if self.backend is not None:
-            self._results.append(meta)
-            self._kick()
-
-    def ack(self, delivery: Delivery) -> None:
-        self._acks.append(delivery)
-        self._kick()
-
-    def requeue(self, delivery: Delivery) -> None:
-        self._requeues.append(delivery)
-        self._kick()
-
-    def defer(self, delivery: Delivery, eta: float) -> None:
-        self._defers.append((delivery, eta))
-        self._kick()
-
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        self._dead.append((delivery, reason))
-        self._kick()
-
-    def join(self, part: ChordPart) -> None:
-        """A chord header task's outcome (joined after the results are stored)."""
-        if self.backend is None:
-            logger.error(
-                "Chord %s: task %s cannot be joined, this worker has no result backend; the "
-                "chord body %s will not run",
-                part.group_id,
-                part.task_id,
-                part.body.get("task"),
-            )
-            return
-        self._joins.append(part)
-        self._kick()
-
-    def pending(self) -> bool:
-        return bool(
-            self._publishes
-            or self._results
-            or self._joins
-            or self._acks
-            or self._requeues
-            or self._defers
-            or self._dead
-        )
-
-    def _kick(self) -> None:
-        if self._runner is None:
-            self._idle.clear()
-            self._runner = asyncio.get_running_loop().create_task(self._run())
-
-    async def drain(self) -> None:
-        """Wait until everything queued so far has been performed (or given up)."""
-        if self.pending() and self._runner is None:
-            self._kick()
-        await self._idle.wait()
-
-    # -- performing ----------------------------------------------------------------------------
-    async def _run(self) -> None:
-        try:
-            while self.pending():
-                await self._flush()
-        finally:
-            self._runner = None
-            self._idle.set()
-
-    async def _flush(self) -> None:
-        # everything of this turn is taken at once: a message queued for settling while this
-        # turn's writes are in flight waits for the next turn, after its own result and follow-ups
-        publishes, self._publishes = self._publishes, []
-        results, self._results = self._results, []
-        joins, self._joins = self._joins, []
-        settle = _Settle(self._acks, self._requeues, self._defers, self._dead)
-        self._acks, self._requeues, self._defers, self._dead = [], [], [], []
-        self.batches += 1
-        if publishes:
-            call = functools.partial(self.transport.publish_many, publishes)
-            await self._attempt("publish messages", call, len(publishes))
-        if results:
-            await self._attempt("store results", functools.partial(self._store, results), 0)
-        if joins and self.backend is not None:
-            call = functools.partial(join_chords, joins, self.backend, self.transport)
-            await self._attempt("join chords", call, len(joins))
-        await self._settle(settle)
-
-    async def _settle(self, settle: _Settle) -> None:
-        acks, requeues, defers, dead = settle.acks, settle.requeues, settle.defers, settle.dead
-        transport = self.transport
-        calls: list[Awaitable[bool]] = []
-        if acks:
-            calls.append(self._attempt("ack", functools.partial(transport.ack, acks), len(acks)))
-        if requeues:
-            call = functools.partial(transport.requeue, requeues)
-            calls.append(self._attempt("requeue", call, len(requeues)))
-        for delivery, eta in defers:
-            calls.append(self._attempt("defer", functools.partial(transport.defer, delivery, eta)))
-        for delivery, reason in dead:
-            call = functools.partial(transport.dead_letter, delivery, reason)
-            calls.append(self._attempt("dead-letter", call))
-        if not calls:
-            return
-        await asyncio.gather(*calls)
-        settled = [*acks, *requeues, *(d for d, _ in defers), *(d for d, _ in dead)]
-        for delivery in settled:
-            self.state.held.pop(delivery.tag, None)
-        self.state.notify()
-        self.on_release()
-
-    async def _attempt(
-        self, what: str, call: Callable[[], Awaitable[None]], count: int = 1
-    ) -> bool:
-        delay = 0.1
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await call()
-                return True
-            except Exception as exc:
-                if self.closing and attempt >= 3:
-                    logger.error("Giving up: could not %s (%d): %r", what, count, exc)
-                    return False
-                logger.error("Could not %s (%d): %r; retrying in %.1fs", what, count, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _store(self, metas: list[ResultMeta]) -> None:
-        assert self.backend is not None
-        latest = list({meta.task_id: meta for meta in metas}.values())
-        try:
-            await self.backend.store_many(latest)
-        except (EncodeError, TypeError, ValueError):
-            for meta in latest:
-                await self._store_one(meta)
-
-    async def _store_one(self, meta: ResultMeta) -> None:
-        assert self.backend is not None
-        try:
-            await self.backend.store_many([meta])
-        except (EncodeError, TypeError, ValueError) as exc:
-            substitute = unserialisable(meta, exc)
-            logger.error(
-                "Task %s: its %s record could not be serialised (%s); stored %s with "
-                "EncodeError instead",
-                meta.task_id,
-                meta.status,
-                exc,
-                substitute.status,
-                extra=log_extra(meta.task_id, None),
-            )
-            if meta.status == states.SUCCESS:
-                self.state.bump("succeeded", -1)
-                self.state.bump("failed")
-            await self.backend.store_many([substitute])
-
-
-def unserialisable(meta: ResultMeta, exc: BaseException) -> ResultMeta:
-    """The record stored instead of one whose value cannot be serialised."""
-    error = EncodeError(
-        f"The {meta.status} result of task {meta.task_id} could not be serialised: "
-        f"{type(exc).__name__}: {exc}"
-    )
-    status = states.FAILURE if meta.status == states.SUCCESS else meta.status
-    return replace(
-        meta,
-        status=status,
-        result=exception_to_dict(error),
-        children=[],
-        extended=None,
-        date_done=meta.date_done or (utcnow() if status in states.READY_STATES else None),
-    )
 
 
 def wake_fetch(transport: AsyncTransport) -> None:
@@ -355,6 +121,8 @@ class Consumer:
         self.fetcher: asyncio.Task[None] | None = None
         self._reserved: deque[Request] = deque()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: futures of the jobs handed to the pool with ``Pool.submit`` (no Task each)
+        self._submitted: dict[str, asyncio.Future[Outcome]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._executing = 0
         self._room = asyncio.Event()
@@ -459,7 +227,7 @@ class Consumer:
                 request.id,
                 extra=log_extra(request.id, request.name),
             )
-        if request.expired(utcnow()):
+        if request.message.expires is not None and request.expired(utcnow()):
             self.execution.expired(request)
             return
         eta = request.eta_timestamp()
@@ -504,7 +272,7 @@ class Consumer:
             if self.limiter is not None and self.limiter.hold(request):
                 continue  # over its rate limit: handed back by _readmit when a token is due
             self.state.reserved.pop(request.tag, None)
-            if request.expired(utcnow()):
+            if request.message.expires is not None and request.expired(utcnow()):
                 self.execution.expired(request)
                 continue
             self._start(request)
@@ -519,9 +287,14 @@ class Consumer:
         self.execution.started(request)
         soft, hard = request.time_limits()
         job = Job(request.task, request.context, soft, hard)
-        task = asyncio.get_running_loop().create_task(self._run(request, job))
-        self._tasks[request.tag] = task
-        self._jobs[request.tag] = job
+        tag = request.tag
+        self._jobs[tag] = job
+        future = None if request.task.is_async else self.pool.submit(job)
+        if future is not None:  # no asyncio Task: ``_ran`` is called with the outcome
+            self._submitted[tag] = future
+            future.add_done_callback(functools.partial(self._ran, request))
+            return
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._run(request, job))
 
     async def _run(self, request: Request, job: Job) -> None:
         try:
@@ -531,38 +304,81 @@ class Consumer:
                 logger.exception("Internal error running %s", job.label)
                 outcome = Failed(exc, format_exc(exc), 0.0)
             finally:
-                self._executing -= 1
-                self.state.active.pop(request.tag, None)
-                self.state.notify()
-                self._room.set()
-                self._start_reserved()
-            if request.abandoned:
-                pass
-            elif request.withdrawn:
-                request.acked = True
-                self.batch.requeue(request.delivery)
-            elif lost_for_redelivery(outcome) and not request.acked:
-                self._lapse(request)
-            else:
-                if self._paced:
-                    self._paced_by(outcome.runtime)
+                self._finished(request)
+            if self._settled_by_run(request, outcome):
                 await self._handle(request, outcome)
         finally:
             self._tasks.pop(request.tag, None)
             self._jobs.pop(request.tag, None)
 
-    async def _handle(self, request: Request, outcome: Any) -> None:
+    def _ran(self, request: Request, future: asyncio.Future[Outcome]) -> None:
+        """A submitted job's outcome (or its cancellation: the pool dropped it, nothing to
+        write): handled here when ``Execution.outcome_now`` can, else by a Task."""
+        tag = request.tag
+        self._submitted.pop(tag, None)
+        self._finished(request)
+        job = self._jobs.pop(tag, None)
+        if future.cancelled():
+            return
+        outcome = future.result()
+        if not self._settled_by_run(request, outcome):
+            return
+        try:
+            if self.execution.outcome_now(request, outcome):
+                return
+        except Exception:
+            self._internal_error(request)
+            return
+        if job is not None:
+            self._jobs[tag] = job
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._later(request, outcome))
+
+    async def _later(self, request: Request, outcome: Outcome) -> None:
+        try:
+            await self._handle(request, outcome)
+        finally:
+            self._tasks.pop(request.tag, None)
+            self._jobs.pop(request.tag, None)
+
+    def _finished(self, request: Request) -> None:
+        """The pool is done with ``request``: its slot is free."""
+        self._executing -= 1
+        self.state.active.pop(request.tag, None)
+        self.state.notify()
+        self._room.set()
+        self._start_reserved()
+
+    def _settled_by_run(self, request: Request, outcome: Outcome) -> bool:
+        """Settle the message of an abandoned, withdrawn or lost request; True for the others,
+        whose outcome is to be handled."""
+        if request.abandoned:
+            return False
+        if request.withdrawn:
+            request.acked = True
+            self.batch.requeue(request.delivery)
+            return False
+        if lost_for_redelivery(outcome) and not request.acked:
+            self._lapse(request)
+            return False
+        if self._paced:
+            self._paced_by(outcome.runtime)
+        return True
+
+    async def _handle(self, request: Request, outcome: Outcome) -> None:
         try:
             await self.execution.outcome(request, outcome)
         except Exception:
-            logger.exception(
-                "Internal error handling the outcome of %s[%s]: dead-lettering its message",
-                request.name,
-                request.id,
-            )
-            if not request.acked:
-                request.acked = True
-                self.batch.dead_letter(request.delivery, "internal worker error (see its log)")
+            self._internal_error(request)
+
+    def _internal_error(self, request: Request) -> None:
+        logger.exception(
+            "Internal error handling the outcome of %s[%s]: dead-lettering its message",
+            request.name,
+            request.id,
+        )
+        if not request.acked:
+            request.acked = True
+            self.batch.dead_letter(request.delivery, "internal worker error (see its log)")
 
     def _lapse(self, request: Request) -> None:
         """The pool process running the task died: stop renewing the message's lease, so that
@@ -627,8 +443,10 @@ class Consumer:
         Cancelling this wait cancels nothing else (``asyncio.wait``, not ``gather``): at a cold
         shutdown, tasks that already finished still write their outcomes.
         """
-        while self._tasks or self._background:
-            await asyncio.wait({*self._tasks.values(), *self._background})
+        while self._tasks or self._background or self._submitted:
+            pending: set[asyncio.Future[Any]] = {*self._tasks.values(), *self._background}
+            pending.update(self._submitted.values())
+            await asyncio.wait(pending)
 
     async def wait_handled(self, timeout: float) -> None:
         """Cold shutdown, after ``abandon_running``: wait (at most ``timeout`` seconds) for the
@@ -650,5 +468,11 @@ class Consumer:
             task = self._tasks.get(tag)
             if task is not None:
                 task.cancel()
+            future = self._submitted.get(tag)
+            job = self._jobs.get(tag)
+            if future is not None:
+                if job is not None:
+                    self.pool.withdraw(job)  # a queued job must not start
+                future.cancel()
             abandoned += 1
         return abandoned

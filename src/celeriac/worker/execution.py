@@ -290,6 +290,19 @@ class Execution:
         else:
             self._ignored(request, outcome)
 
+    def outcome_now(self, request: Request, outcome: Outcome) -> bool:
+        """``outcome``'s I/O queued without a coroutine, when that is all there is to it: a
+        success with no link callbacks and no chain (nothing to publish or await). False (and
+        nothing done) otherwise: then ``await outcome(...)``."""
+        if type(outcome) is not Succeeded:
+            return False
+        message = request.message
+        if message.callbacks or message.chain:
+            return False
+        self.state.bump("processed")
+        self._success(request, outcome, [])
+        return True
+
     async def _succeeded(self, request: Request, outcome: Succeeded) -> None:
         try:
             follow_ups = await self._follow_ups(request, outcome.value)
@@ -303,6 +316,10 @@ class Execution:
             )
             await self._failed(request, Failed(exc, format_exc(exc), outcome.runtime))
             return
+        self._success(request, outcome, follow_ups)
+
+    def _success(self, request: Request, outcome: Succeeded, follow_ups: list[Any]) -> None:
+        """SUCCESS stored (its follow-ups already queued), chords told, the message acked."""
         if logger.isEnabledFor(logging.INFO):
             logger.info(
                 "Task %s[%s] succeeded in %ss: %s",

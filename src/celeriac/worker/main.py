@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import platform
@@ -43,9 +44,10 @@ from celeriac.app.routing import known_queues
 from celeriac.backends.base import AsyncResultBackend
 from celeriac.exceptions import ImproperlyConfigured
 from celeriac.worker.autoscale import parse_autoscale
-from celeriac.worker.consumer import Consumer, IOBatch
+from celeriac.worker.consumer import Consumer
 from celeriac.worker.execution import Execution
 from celeriac.worker.heartbeat import Heartbeat, heartbeat_interval
+from celeriac.worker.iobatch import IOBatch
 from celeriac.worker.pools import POOLS, Pool, create_pool
 from celeriac.worker.request import RequestReader
 from celeriac.worker.state import WorkerState
@@ -216,8 +218,11 @@ class Worker:
             except BaseException:
                 await self._close(cold=True)
                 raise
-            if install_signal_handlers:
+            if install_signal_handlers:  # this process is the worker's own (``run``)
                 self._install_signal_handlers()
+                # what start-up loaded (modules, the app, the drivers) lives as long as the
+                # process: keep it out of the cyclic collector's full passes
+                gc.freeze()
             self._ready.set()
             signals.worker_ready.send(sender=self.consumer)
             logger.info("%s ready.", self.hostname)

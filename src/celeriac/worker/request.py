@@ -19,6 +19,7 @@ still has its deadlines checked by the consumer: ``expires`` in the past (REVOKE
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -89,20 +90,22 @@ class Request:
     def hostname(self) -> str | None:
         return self.context.hostname
 
-    @property
+    # the task's options, read once per request (each is a settings lookup when the task does
+    # not set it): ``acks_late``, ``ignore_result``, ``store_errors``, ``track_started``
+    @functools.cached_property
     def acks_late(self) -> bool:
         return bool(self.task.acks_late)
 
-    @property
+    @functools.cached_property
     def ignore_result(self) -> bool:
         return bool(self.message.ignore_result or self.task.ignore_result)
 
-    @property
+    @functools.cached_property
     def store_errors(self) -> bool:
         """Failures are stored unless results are ignored (and not stored even if ignored)."""
         return not self.ignore_result or bool(self.task.store_errors_even_if_ignored)
 
-    @property
+    @functools.cached_property
     def track_started(self) -> bool:
         return bool(self.task.track_started) and not self.ignore_result
 
@@ -156,9 +159,16 @@ class Invalid:
 
 
 def _default_decoder(raw: RawMessage, accept: Iterable[str] | None) -> TaskMessage:
-    from celeriac.protocol.message import decode
+    """``protocol.message.decode``, imported on first use (then called directly)."""
+    global _decode
+    if _decode is None:
+        from celeriac.protocol.message import decode
 
-    return decode(raw, accept)
+        _decode = decode
+    return _decode(raw, accept)
+
+
+_decode: Decoder | None = None
 
 
 class RequestReader:
@@ -194,26 +204,26 @@ class RequestReader:
                 header_id,
                 header_task,
             )
-        sender = _sender(raw.headers)
         try:
             message = self.decoder(raw, self.accept)
         except ContentDisallowed as exc:
             return Invalid(
                 delivery,
                 f"content type {raw.content_type!r} is not accepted "
-                f"(accept_content={self.accept}){sender}: {exc}",
+                f"(accept_content={self.accept}){_sender(raw.headers)}: {exc}",
                 header_id,
                 header_task,
             )
         except DecodeError as exc:
             where = f" (field {exc.field!r})" if exc.field else ""
+            sender = _sender(raw.headers)
             return Invalid(
                 delivery, f"undecodable message{where}{sender}: {exc}", header_id, header_task
             )
         except Exception as exc:  # a decoder bug must not stop the worker either
             return Invalid(
                 delivery,
-                f"undecodable message{sender}: {type(exc).__name__}: {exc}",
+                f"undecodable message{_sender(raw.headers)}: {type(exc).__name__}: {exc}",
                 header_id,
                 header_task,
             )

@@ -53,18 +53,22 @@ class WorkerState:
         self.reserved: dict[str, Request] = {}
         self.active: dict[str, Request] = {}
         self._changed = threading.Condition()
+        #: how many ``wait_for`` calls are waiting (no wake-up to send while there are none)
+        self._waiting = 0
 
     # -- counters ------------------------------------------------------------------------------
     def bump(self, counter: str, amount: int = 1) -> None:
         """Add ``amount`` to a counter and wake ``wait_for`` callers."""
         with self._changed:
             setattr(self.counters, counter, getattr(self.counters, counter) + amount)
-            self._changed.notify_all()
+            if self._waiting:
+                self._changed.notify_all()
 
     def notify(self) -> None:
         """Wake ``wait_for`` callers after a change to held/reserved/active."""
-        with self._changed:
-            self._changed.notify_all()
+        if self._waiting:
+            with self._changed:
+                self._changed.notify_all()
 
     @property
     def processed(self) -> int:
@@ -86,13 +90,17 @@ class WorkerState:
         """Block until ``predicate(state)`` is true; False when ``timeout`` seconds pass first."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                # Re-check now and then too: held/active changes do not always notify.
-                self._changed.wait(min(remaining, 0.05))
-            return True
+            self._waiting += 1
+            try:
+                while not predicate(self):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    # Re-check now and then too: held/active changes do not always notify.
+                    self._changed.wait(min(remaining, 0.05))
+                return True
+            finally:
+                self._waiting -= 1
 
     # -- snapshots -----------------------------------------------------------------------------
     def info(self) -> dict[str, object]:

@@ -6,6 +6,8 @@ jobs as it has slots (``concurrency``); a pool that says it ``queues_jobs`` may 
 more synchronous jobs than that, up to the worker's prefetch, which it queues and runs as its
 threads or processes free up (a thread takes its next job without waiting for the event loop).
 The consumer takes back, with ``withdraw``, a queued job that has not started (warm shutdown).
+A pool may also ``submit`` a synchronous job and return a bare future for its outcome, so the
+worker runs a plain task with no asyncio Task of its own (threads, prefork).
 
 - ``async def`` tasks run on the worker's event loop in every pool (no thread hop), through
   ``run_coroutine_job``: the soft time limit cancels the coroutine's current ``await`` and
@@ -79,6 +81,14 @@ class Pool(ABC):
     @abstractmethod
     async def run_sync(self, job: Job) -> Outcome:
         """Run a synchronous task function."""
+
+    def submit(self, job: Job) -> asyncio.Future[Outcome] | None:
+        """Start a synchronous ``job`` without a coroutine: the future gets its outcome (the
+        pool enforces its time limits), and is cancelled when the pool drops the job (it then
+        never ran, or its outcome is lost). None when this pool cannot run ``job`` that way:
+        the caller then awaits ``run``. Cancelling the future does not stop the job: take a
+        queued job back with ``withdraw``."""
+        return None
 
     def withdraw(self, job: Job) -> bool:
         """Take back a queued ``job`` that has not started: True when it never will (its

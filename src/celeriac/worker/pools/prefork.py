@@ -364,12 +364,23 @@ class PreforkPool(Pool):
             await asyncio.sleep(0.01)
 
     # -- running jobs --------------------------------------------------------------------------
-    async def run_sync(self, job: Job) -> Outcome:
+    def _enqueue(self, job: Job) -> _Running | None:
         if self._stopping or self._loop is None:
-            raise RuntimeError("the prefork pool is not running")
+            return None
         running = _Running(next(self._seq), job, self._loop.create_future())
         self._waiting.append(running)
         self._dispatch()
+        return running
+
+    def submit(self, job: Job) -> asyncio.Future[Outcome] | None:
+        """Every synchronous job (the pool enforces both time limits itself)."""
+        running = self._enqueue(job)
+        return None if running is None else running.future
+
+    async def run_sync(self, job: Job) -> Outcome:
+        running = self._enqueue(job)
+        if running is None:
+            raise RuntimeError("the prefork pool is not running")
         try:
             return await running.future
         except asyncio.CancelledError:

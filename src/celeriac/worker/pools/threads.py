@@ -55,14 +55,14 @@ class _Completions:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._done: deque[tuple[asyncio.Future[Outcome], Outcome]] = deque()
+        self._done: deque[tuple[_ThreadJob, Outcome]] = deque()
         self._lock = threading.Lock()
         self._pending = False
 
-    def post(self, future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    def post(self, item: _ThreadJob, outcome: Outcome) -> None:
         """From a pool thread."""
         with self._lock:
-            self._done.append((future, outcome))
+            self._done.append((item, outcome))
             if self._pending:
                 return
             self._pending = True
@@ -73,20 +73,36 @@ class _Completions:
         with self._lock:
             self._pending = False
             done, self._done = self._done, deque()
-        for future, outcome in done:
-            if not future.done():
-                future.set_result(outcome)
+        for item, outcome in done:
+            item.finish(outcome)
 
 
 class _ThreadJob:
     """A job queued for the pool's threads, with the future its outcome is delivered to."""
 
+    __slots__ = (
+        "completions",
+        "future",
+        "items",
+        "job",
+        "soft_timer",
+        "started",
+        "state",
+        "thread",
+    )
+
     def __init__(
-        self, job: Job, future: asyncio.Future[Outcome], completions: _Completions
+        self,
+        job: Job,
+        future: asyncio.Future[Outcome],
+        completions: _Completions,
+        items: dict[Job, _ThreadJob],
     ) -> None:
         self.job = job
         self.future = future
         self.completions = completions
+        #: the pool's jobs not finished yet (this one leaves it in ``finish``)
+        self.items = items
         self.state = Interruptible()
         self.thread: _PoolThread | None = None
         #: when it was queued, then (set by the thread, before ``state.begin``) when it started
@@ -105,7 +121,20 @@ class _ThreadJob:
         return contextvars.copy_context().run(execute, job.task, job.request)
 
     def deliver(self, outcome: Outcome) -> None:
-        self.completions.post(self.future, outcome)
+        """From the pool thread: the outcome goes to the loop (``finish`` there)."""
+        self.completions.post(self, outcome)
+
+    def finish(self, outcome: Outcome | None) -> None:
+        """On the loop: the job is over (``outcome`` None: dropped, the future is cancelled)."""
+        self.items.pop(self.job, None)
+        if self.soft_timer is not None:
+            self.soft_timer.cancel()
+            self.soft_timer = None
+        if not self.future.done():
+            if outcome is None:
+                self.future.cancel()
+            else:
+                self.future.set_result(outcome)
 
 
 class _PoolThread(threading.Thread):
@@ -162,16 +191,26 @@ class ThreadPool(Pool):
         self._threads.append(thread)
         thread.start()
 
-    async def run_sync(self, job: Job) -> Outcome:
+    def _queue(self, job: Job) -> _ThreadJob:
         loop = asyncio.get_running_loop()
         completions = self._completions
         if completions is None or completions.loop is not loop:
             completions = self._completions = _Completions(loop)
-        item = _ThreadJob(job, loop.create_future(), completions)
+        item = _ThreadJob(job, loop.create_future(), completions, self._items)
         self._items[job] = item
         self._jobs.put(item)
         if job.soft_time_limit:
             item.soft_timer = loop.call_later(job.soft_time_limit, self._soft_limit, item)
+        return item
+
+    def submit(self, job: Job) -> asyncio.Future[Outcome] | None:
+        """Jobs without a hard time limit (``run_sync`` enforces that one by waiting)."""
+        if job.time_limit or not self._threads:
+            return None
+        return self._queue(job).future
+
+    async def run_sync(self, job: Job) -> Outcome:
+        item = self._queue(job)
         try:
             hard = left = job.time_limit or 0.0
             while left:  # the hard limit counts from the start, not from the hand-off
@@ -186,9 +225,7 @@ class ThreadPool(Pool):
             item.state.cancel()
             raise
         finally:
-            del self._items[job]
-            if item.soft_timer is not None:
-                item.soft_timer.cancel()
+            item.finish(None)
 
     def withdraw(self, job: Job) -> bool:
         item = self._items.get(job)
