@@ -224,12 +224,16 @@ class Celeriac:
         **options: Any,
     ) -> Publication:
         """The message and queue for calling ``name`` (see ``celeriac.app.messages``)."""
-        task = options.pop("task", None)
-        if task is None and name in self._tasks:
-            task = self._tasks[name]
+        task = self._task_named(name, options.pop("task", None))
         from celeriac.app.messages import prepare  # imported on first send: cheap app import
 
         return prepare(self, name, args, kwargs, task=task, **options)
+
+    def _task_named(self, name: str, task: Task[Any, Any] | None) -> Task[Any, Any] | None:
+        """``task``, or the task registered here as ``name`` (None for a name only sent)."""
+        if task is None and name in self._tasks:
+            return self._tasks[name]
+        return task
 
     def publication_from_signature(
         self,
@@ -264,9 +268,7 @@ class Celeriac:
         if not options or list(options) == ["task"]:
             from celeriac.app.quick_send import quick_send
 
-            task = options.get("task")
-            if task is None and name in self._tasks:  # as ``prepare`` looks it up
-                task = self._tasks[name]
+            task = self._task_named(name, options.get("task"))
             quick = quick_send(self, name, task, args, kwargs)
             if quick is not None:
                 task_id, publisher, payload = quick

@@ -20,13 +20,12 @@ once); ``task_queues`` changed in place is seen when the template is next rebuil
 value to change it at run time. A template is rebuilt when
 the settings change (``Settings.resolved`` is a new dict then), when one of the task's own
 options changes (``queue``, ``priority``, ``ignore_result``, ...: compared on every call),
-after a fork (``origin`` holds the pid; the app opens a new transport) and when the transport
-is replaced.
+and when the transport is replaced, which covers a fork: the app opens a new transport in a
+forked child (``origin`` holds the pid).
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
@@ -64,34 +63,25 @@ def _task_options(task: Task[Any, Any] | None) -> tuple[Any, ...]:
 
 
 class _Entry:
-    """A task's publisher, valid while the settings, the task's attributes, the process and
-    the transport are the same."""
+    """A task's publisher, valid while the settings, the task's attributes and the transport
+    are the same."""
 
-    __slots__ = ("conf", "options", "pid", "publisher", "transport")
+    __slots__ = ("conf", "options", "publisher", "transport")
 
     def __init__(
         self,
         conf: dict[str, Any],
         options: tuple[Any, ...],
-        pid: int,
         transport: Transport,
         publisher: Publisher | None,
     ) -> None:
         self.conf = conf
         self.options = options
-        self.pid = pid
         self.transport = transport
         self.publisher = publisher
 
-    def holds(
-        self, conf: dict[str, Any], options: tuple[Any, ...], pid: int, transport: Transport
-    ) -> bool:
-        return (
-            self.conf is conf
-            and self.pid == pid
-            and self.transport is transport
-            and self.options == options
-        )
+    def holds(self, conf: dict[str, Any], options: tuple[Any, ...], transport: Transport) -> bool:
+        return self.conf is conf and self.transport is transport and self.options == options
 
 
 def _overridden(app: Celeriac) -> bool:
@@ -109,7 +99,6 @@ def _build(
     task: Task[Any, Any] | None,
     conf: dict[str, Any],
     options: tuple[Any, ...],
-    pid: int,
 ) -> _Entry | None:
     """The entry of a task, or None to take the full path this time (the transport could not
     declare the queue: the full path retries as the publish retry policy says)."""
@@ -124,7 +113,7 @@ def _build(
                 publisher = transport.publisher(publication.queue, encode(message), root_is_id=True)
             except OperationalError:
                 return None
-    return _Entry(conf, options, pid, transport, publisher)
+    return _Entry(conf, options, transport, publisher)
 
 
 def body_json(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -149,14 +138,13 @@ def quick_send(
     conf = app.conf.resolved()
     if conf["task_routes"]:
         return None
-    pid = os.getpid()
     transport = app.transport
     options = _task_options(task)
     key = (name, task is None)
     entries = app._quick_entries
     entry: _Entry | None = entries.get(key)
-    if entry is None or not entry.holds(conf, options, pid, transport):
-        entry = _build(app, name, task, conf, options, pid)
+    if entry is None or not entry.holds(conf, options, transport):
+        entry = _build(app, name, task, conf, options)
         if entry is None:
             return None
         if len(entries) >= MAX_ENTRIES:  # names sent by ``send_task`` are not bounded

@@ -305,7 +305,7 @@ class RedisTransport(Transport):
         # The common case (queue declared by this process): one command, no pipeline set-up.
         key, payload, score = self._core.encode(queue, message, eta, time.time())
         if score is None:
-            self._run("publish", self._pinned.execute, "LPUSH", key, payload)
+            self._push(key, payload)
         else:
             self._run("publish", self._pinned.execute, "ZADD", key, score, payload)
 
