@@ -38,3 +38,15 @@ def prefix(client: Any) -> Iterator[str]:
     keys = list(client.scan_iter(match=f"{value}*", count=1000))
     if keys:
         client.delete(*keys)
+
+
+@pytest.fixture
+def redis_app(prefix: str, client: Any) -> Iterator[Any]:
+    """An app whose broker is the test Redis under this test's key prefix (no backend)."""
+    from celeriac import Celeriac
+
+    app = Celeriac(
+        "redis-app", broker=REDIS_URL, broker_transport_options={"global_keyprefix": prefix}
+    )
+    yield app
+    app.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,10 +25,8 @@ URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
 @pytest.fixture
-def app(prefix: str, client: Any) -> Iterator[Celeriac]:
-    app = Celeriac("grp", broker=URL, broker_transport_options={"global_keyprefix": prefix})
-    yield app
-    app.close()
+def app(redis_app: Celeriac) -> Celeriac:
+    return redis_app
 
 
 def plan_of(app: Celeriac, sig: Any) -> Plan:

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,10 +25,8 @@ URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
 @pytest.fixture
-def app(prefix: str, client: Any) -> Iterator[Celeriac]:
-    app = Celeriac("quick", broker=URL, broker_transport_options={"global_keyprefix": prefix})
-    yield app
-    app.close()
+def app(redis_app: Celeriac) -> Celeriac:
+    return redis_app
 
 
 def full_path(app: Celeriac, task: Any, task_id: str, args: Any, kwargs: Any, tag: str) -> bytes:
