@@ -120,6 +120,7 @@ from celeriac.transports.base import (
     Transport,
 )
 from celeriac.transports.redis_client import async_client, link_for, sync_client
+from celeriac.transports.redis_commands import commands_for
 from celeriac.transports.redis_fanout import AsyncFanoutSubscription, FanoutSubscription
 from celeriac.transports.redis_keys import (
     Call,
@@ -168,6 +169,29 @@ def _after_wait(results: list[Any]) -> Any | None:
     if isinstance(reply, Exception):
         raise reply
     return reply
+
+
+def _evalsha(call: Call) -> tuple[Any, ...]:
+    """The EVALSHA command of a script call."""
+    name, keys, args = call
+    return ("EVALSHA", scripts.SHAS[name], len(keys), *keys, *args)
+
+
+class _Queued:
+    """Collects the commands ``_pipe_publish`` queues, for ``Commands.pipe``."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def sadd(self, key: str, *members: Any) -> None:
+        self.commands.append(("SADD", key, *members))
+
+    def lpush(self, key: str, *values: Any) -> None:
+        self.commands.append(("LPUSH", key, *values))
+
+    def zadd(self, key: str, mapping: dict[Any, float]) -> None:
+        for member, score in mapping.items():
+            self.commands.append(("ZADD", key, score, member))
 
 
 def _missing_scripts(results: list[Any]) -> list[int]:
@@ -571,9 +595,14 @@ class AsyncRedisTransport(AsyncTransport):
         self.options: dict[str, Any] = dict(options or {})
         self._core = Core(url, lease_seconds, self.options)
         self.lease_seconds = self._core.opts.visibility_timeout
+        #: redis.asyncio's client: pub/sub, restore's reads, and every call when the lean
+        #: connection cannot serve the URL (``redis_commands``)
         self._client = async_client(self._core, self.options)
+        #: what the hot calls (fetch, eval, settle, publish) go through
+        self._commands = commands_for(self._core, self.options, self._client)
         self._link = link_for(self._core, self.describe())
-        #: set by ``wake``: a fetch returns at its next step (at most ``poll_interval`` away)
+        #: set by ``wake``: a fetch returns at its next step (at once on the lean connection,
+        #: which unblocks its wait; else at most ``poll_interval`` away)
         self._woken = False
 
     async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -588,26 +617,21 @@ class AsyncRedisTransport(AsyncTransport):
             return result
 
     async def _eval(self, call: Call) -> Any:
-        name, keys, args = call
-        try:
-            return await self._client.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            await self._client.script_load(scripts.SCRIPTS[name])
-            return await self._client.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
+        return (await self._eval_many([call]))[0]
 
     async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        if len(calls) <= 1:
-            return [await self._eval(c) for c in calls]
-        pipe = self._client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+        """The replies of ``calls`` (one round trip); a script the server does not have is
+        loaded and its calls sent again, in one more."""
+        if not calls:
+            return []
+        commands = [_evalsha(c) for c in calls]
+        results = await self._commands.pipe(commands)
         missing = _missing_scripts(results)
         if missing:
-            for name in {calls[i][0] for i in missing}:
-                await self._client.script_load(scripts.SCRIPTS[name])
-            again = await self._eval_many([calls[i] for i in missing])
-            for i, result in zip(missing, again, strict=True):
+            loads = [("SCRIPT", "LOAD", scripts.SCRIPTS[n]) for n in {calls[i][0] for i in missing}]
+            again = await self._commands.pipe([*loads, *(commands[i] for i in missing)])
+            _raise_errors(again[: len(loads)])
+            for i, result in zip(missing, again[len(loads) :], strict=True):
                 results[i] = result
         return _raise_errors(results)
 
@@ -623,9 +647,9 @@ class AsyncRedisTransport(AsyncTransport):
             self._core.declared |= await self._run("publish", self._publish, items)
 
     async def _publish(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> set[str]:
-        pipe = self._client.pipeline(transaction=False)
-        new = _pipe_publish(pipe, self._core, items)
-        await pipe.execute()
+        queued = _Queued()
+        new = _pipe_publish(queued, self._core, items)
+        _raise_errors(await self._commands.pipe(queued.commands))
         return new
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
@@ -676,11 +700,8 @@ class AsyncRedisTransport(AsyncTransport):
         """The wait with the take pipelined behind it (see ``RedisTransport._wait_and_take``)."""
         watch = self._core.watch_key(queues)
         call, lease = self._core.take_call(queues, limit, server_time=True)
-        name, keys, args = call
-        pipe = self._client.pipeline(transaction=False)
-        pipe.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
-        pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
-        reply = _after_wait(await pipe.execute(raise_on_error=False))
+        wait = ("BLMOVE", watch, watch, "RIGHT", "RIGHT", seconds)
+        reply = _after_wait(await self._commands.pipe([wait, _evalsha(call)], block=seconds))
         return (await self._eval(call) if reply is None else reply), lease
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -769,9 +790,11 @@ class AsyncRedisTransport(AsyncTransport):
     def wake(self) -> None:
         """Make a running ``fetch`` return at its next step (the caller may also cancel it)."""
         self._woken = True
+        self._commands.unblock()
 
     async def close(self) -> None:
         self._woken = True
+        await self._commands.close()
         with contextlib.suppress(redis.RedisError):
             await self._client.aclose()
 
