@@ -1,9 +1,11 @@
 """Redis broker drivers, wire-compatible with kombu's Redis transport (Celery 5).
 
-``RedisTransport`` (sync, redis-py; clients and CLI) and ``AsyncRedisTransport`` (redis.asyncio;
-the worker) share the pure logic in ``redis_keys`` (layout, options, URLs, envelope handling),
-the Lua scripts in ``redis_scripts``, the clients and reconnect policy in ``redis_client`` and
-the pub/sub subscriptions in ``redis_fanout``.
+``RedisTransport`` (sync, redis-py; clients and CLI) and ``AsyncRedisTransport`` (the worker)
+share the pure logic in ``redis_keys`` (layout, options, URLs, envelope handling), the Lua
+scripts in ``redis_scripts``, the clients and reconnect policy in ``redis_client`` and the
+pub/sub subscriptions in ``redis_fanout``. The worker's driver sends its hot calls (fetch,
+scripts, settling, publishing) through ``redis_commands``: a lean asyncio connection
+(``_internal.redis_wire``) where it can serve the URL, redis.asyncio otherwise.
 
 URLs
     ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS; ``ssl_cert_reqs``,
@@ -25,7 +27,8 @@ Options (``broker_transport_options``, Celery's names)
     ``delayed_batch`` (100), ``eta_delivery`` (``"delayed"``: a message with a future eta
     waits in ``<queue>SEPceleriac.delayed``, which only Celeriac consumers read; ``"list"``:
     it is LPUSHed at once with its ``eta`` header, as Celery does, so a Celery worker on that
-    queue sees it too - set it in a mixed fleet).
+    queue sees it too - set it in a mixed fleet), ``lean_connection`` (True; False: the
+    worker's driver sends everything through redis.asyncio, see ``redis_commands``).
 
 Key layout (``<p>`` = ``global_keyprefix``, ``SEP`` = ``\\x06\\x16``)
     ``<p><queue>``, ``<p><queue>SEP<step>``   kombu's ready lists, one per priority step > 0;
@@ -580,7 +583,8 @@ class RedisTransport(Transport):
 
 
 class AsyncRedisTransport(AsyncTransport):
-    """The worker's Redis driver on redis.asyncio: the same logic and scripts, awaited."""
+    """The worker's Redis driver: the same logic and scripts, awaited; hot calls through
+    ``redis_commands`` (the lean connection or redis.asyncio), the rest on redis.asyncio."""
 
     schemes = RedisTransport.schemes
 
