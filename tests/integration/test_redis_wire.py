@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,6 +325,12 @@ def test_which_urls_and_options_get_the_lean_connection(
 ) -> None:
     transport = AsyncRedisTransport(url, options=options)
     assert isinstance(transport._commands, LeanCommands if lean else ClientCommands)
+
+
+def test_without_hiredis_the_driver_keeps_redis_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "celeriac._internal.redis_wire", None)  # import fails
+    transport = AsyncRedisTransport("redis://127.0.0.1:6379/9")
+    assert isinstance(transport._commands, ClientCommands)
 
 
 def test_the_endpoint_follows_the_url_and_options() -> None:
