@@ -1,7 +1,8 @@
 """CPU per task of a Redis drain, A/B: ``python -m bench.drain_cpu --src DIR [--src DIR ...]``.
 
 With ``--roundtrip N``: instead of a drain, ``N`` ``delay().get()`` round trips against an idle
-worker of each checkout (p50/p99 in ms, and the p50 of the send and result legs).
+worker of each checkout (p50/p99 in ms, the worker's CPU per round trip in microseconds, and
+the p50 of the send and result legs).
 
 Each ``--src`` is a Celeriac checkout (its ``src/`` is put first on the worker's
 ``PYTHONPATH``); the runs alternate between them (A B A B ...) for ``--rounds`` rounds on one
@@ -98,15 +99,23 @@ def one_roundtrip(
     argv = adapter.worker_argv(args.pool, args.concurrency) + list(args.worker_args)
     with WorkerProcess(argv, env=env, cwd=str(ROOT)) as worker:
         _until_up(adapter, worker)
+        proc = psutil.Process(worker.pid)
         for i in range(50):
             adapter.get(adapter.delay("add", i, i), timeout=10)
         times = []
+        cpu0 = _cpu(proc)
         for i in range(args.roundtrip):
             start = time.perf_counter()
             adapter.get(adapter.delay("add", i, i), timeout=10)
             times.append((time.perf_counter() - start) * 1000)
+        worker_us = (_cpu(proc) - cpu0) / max(args.roundtrip, 1) * 1e6
         legs = _legs(adapter, max(50, args.roundtrip // 5))
-    return {"p50": percentile(times, 50), "p99": percentile(times, 99), **legs}
+    return {
+        "p50": percentile(times, 50),
+        "p99": percentile(times, 99),
+        "worker_us": worker_us,
+        **legs,
+    }
 
 
 def _summary(values: list[float]) -> str:

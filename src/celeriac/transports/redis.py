@@ -1,9 +1,11 @@
 """Redis broker drivers, wire-compatible with kombu's Redis transport (Celery 5).
 
-``RedisTransport`` (sync, redis-py; clients and CLI) and ``AsyncRedisTransport`` (redis.asyncio;
-the worker) share the pure logic in ``redis_keys`` (layout, options, URLs, envelope handling),
-the Lua scripts in ``redis_scripts``, the clients and reconnect policy in ``redis_client`` and
-the pub/sub subscriptions in ``redis_fanout``.
+``RedisTransport`` (sync, redis-py; clients and CLI) and ``AsyncRedisTransport`` (the worker)
+share the pure logic in ``redis_keys`` (layout, options, URLs, envelope handling), the Lua
+scripts in ``redis_scripts``, the clients and reconnect policy in ``redis_client`` and the
+pub/sub subscriptions in ``redis_fanout``. The worker's driver sends its hot calls (fetch,
+scripts, settling, publishing) through ``redis_commands``: a lean asyncio connection
+(``_internal.redis_wire``) where it can serve the URL, redis.asyncio otherwise.
 
 URLs
     ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS; ``ssl_cert_reqs``,
@@ -25,7 +27,8 @@ Options (``broker_transport_options``, Celery's names)
     ``delayed_batch`` (100), ``eta_delivery`` (``"delayed"``: a message with a future eta
     waits in ``<queue>SEPceleriac.delayed``, which only Celeriac consumers read; ``"list"``:
     it is LPUSHed at once with its ``eta`` header, as Celery does, so a Celery worker on that
-    queue sees it too - set it in a mixed fleet).
+    queue sees it too - set it in a mixed fleet), ``lean_connection`` (True; False: the
+    worker's driver sends everything through redis.asyncio, see ``redis_commands``).
 
 Key layout (``<p>`` = ``global_keyprefix``, ``SEP`` = ``\\x06\\x16``)
     ``<p><queue>``, ``<p><queue>SEP<step>``   kombu's ready lists, one per priority step > 0;
@@ -120,6 +123,7 @@ from celeriac.transports.base import (
     Transport,
 )
 from celeriac.transports.redis_client import async_client, link_for, sync_client
+from celeriac.transports.redis_commands import commands_for
 from celeriac.transports.redis_fanout import AsyncFanoutSubscription, FanoutSubscription
 from celeriac.transports.redis_keys import (
     Call,
@@ -168,6 +172,29 @@ def _after_wait(results: list[Any]) -> Any | None:
     if isinstance(reply, Exception):
         raise reply
     return reply
+
+
+def _evalsha(call: Call) -> tuple[Any, ...]:
+    """The EVALSHA command of a script call."""
+    name, keys, args = call
+    return ("EVALSHA", scripts.SHAS[name], len(keys), *keys, *args)
+
+
+class _Queued:
+    """Collects the commands ``_pipe_publish`` queues, for ``Commands.pipe``."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def sadd(self, key: str, *members: Any) -> None:
+        self.commands.append(("SADD", key, *members))
+
+    def lpush(self, key: str, *values: Any) -> None:
+        self.commands.append(("LPUSH", key, *values))
+
+    def zadd(self, key: str, mapping: dict[Any, float]) -> None:
+        for member, score in mapping.items():
+            self.commands.append(("ZADD", key, score, member))
 
 
 def _missing_scripts(results: list[Any]) -> list[int]:
@@ -556,7 +583,8 @@ class RedisTransport(Transport):
 
 
 class AsyncRedisTransport(AsyncTransport):
-    """The worker's Redis driver on redis.asyncio: the same logic and scripts, awaited."""
+    """The worker's Redis driver: the same logic and scripts, awaited; hot calls through
+    ``redis_commands`` (the lean connection or redis.asyncio), the rest on redis.asyncio."""
 
     schemes = RedisTransport.schemes
 
@@ -571,9 +599,14 @@ class AsyncRedisTransport(AsyncTransport):
         self.options: dict[str, Any] = dict(options or {})
         self._core = Core(url, lease_seconds, self.options)
         self.lease_seconds = self._core.opts.visibility_timeout
+        #: redis.asyncio's client: pub/sub, restore's reads, and every call when the lean
+        #: connection cannot serve the URL (``redis_commands``)
         self._client = async_client(self._core, self.options)
+        #: what the hot calls (fetch, eval, settle, publish) go through
+        self._commands = commands_for(self._core, self.options, self._client)
         self._link = link_for(self._core, self.describe())
-        #: set by ``wake``: a fetch returns at its next step (at most ``poll_interval`` away)
+        #: set by ``wake``: a fetch returns at its next step (at once on the lean connection,
+        #: which unblocks its wait; else at most ``poll_interval`` away)
         self._woken = False
 
     async def _run(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -588,26 +621,21 @@ class AsyncRedisTransport(AsyncTransport):
             return result
 
     async def _eval(self, call: Call) -> Any:
-        name, keys, args = call
-        try:
-            return await self._client.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            await self._client.script_load(scripts.SCRIPTS[name])
-            return await self._client.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
+        return (await self._eval_many([call]))[0]
 
     async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        if len(calls) <= 1:
-            return [await self._eval(c) for c in calls]
-        pipe = self._client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+        """The replies of ``calls`` (one round trip); a script the server does not have is
+        loaded and its calls sent again, in one more."""
+        if not calls:
+            return []
+        commands = [_evalsha(c) for c in calls]
+        results = await self._commands.pipe(commands)
         missing = _missing_scripts(results)
         if missing:
-            for name in {calls[i][0] for i in missing}:
-                await self._client.script_load(scripts.SCRIPTS[name])
-            again = await self._eval_many([calls[i] for i in missing])
-            for i, result in zip(missing, again, strict=True):
+            loads = [("SCRIPT", "LOAD", scripts.SCRIPTS[n]) for n in {calls[i][0] for i in missing}]
+            again = await self._commands.pipe([*loads, *(commands[i] for i in missing)])
+            _raise_errors(again[: len(loads)])
+            for i, result in zip(missing, again[len(loads) :], strict=True):
                 results[i] = result
         return _raise_errors(results)
 
@@ -623,9 +651,9 @@ class AsyncRedisTransport(AsyncTransport):
             self._core.declared |= await self._run("publish", self._publish, items)
 
     async def _publish(self, items: Sequence[tuple[str, RawMessage, float | None]]) -> set[str]:
-        pipe = self._client.pipeline(transaction=False)
-        new = _pipe_publish(pipe, self._core, items)
-        await pipe.execute()
+        queued = _Queued()
+        new = _pipe_publish(queued, self._core, items)
+        _raise_errors(await self._commands.pipe(queued.commands))
         return new
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
@@ -676,11 +704,8 @@ class AsyncRedisTransport(AsyncTransport):
         """The wait with the take pipelined behind it (see ``RedisTransport._wait_and_take``)."""
         watch = self._core.watch_key(queues)
         call, lease = self._core.take_call(queues, limit, server_time=True)
-        name, keys, args = call
-        pipe = self._client.pipeline(transaction=False)
-        pipe.blmove(watch, watch, seconds, "RIGHT", "RIGHT")  # type: ignore[arg-type]
-        pipe.evalsha(scripts.SHAS[name], len(keys), *keys, *args)
-        reply = _after_wait(await pipe.execute(raise_on_error=False))
+        wait = ("BLMOVE", watch, watch, "RIGHT", "RIGHT", seconds)
+        reply = _after_wait(await self._commands.pipe([wait, _evalsha(call)], block=seconds))
         return (await self._eval(call) if reply is None else reply), lease
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -769,9 +794,11 @@ class AsyncRedisTransport(AsyncTransport):
     def wake(self) -> None:
         """Make a running ``fetch`` return at its next step (the caller may also cancel it)."""
         self._woken = True
+        self._commands.unblock()
 
     async def close(self) -> None:
         self._woken = True
+        await self._commands.close()
         with contextlib.suppress(redis.RedisError):
             await self._client.aclose()
 
