@@ -298,6 +298,7 @@ class RedisStore(KeyValueStore):
     """``KeyValueStore`` on Redis: SET+PUBLISH in one MULTI, pub/sub waits (see module doc)."""
 
     schemes = ("redis", "rediss", "redis+socket", "sentinel")
+    watches = True
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options=options)
