@@ -42,7 +42,7 @@ import redis
 from redis.client import PubSub
 
 from celeriac._internal import forks
-from celeriac.backends.redis_line import LineSpec, Unsupported, WatchLine, line_spec
+from celeriac.backends.redis_line import RawSpec, Unsupported, WatchLine, raw_spec
 
 
 def _as_bytes(value: Any) -> bytes | None:
@@ -56,7 +56,7 @@ class Watcher:
         self._client = client
         self.recheck = recheck
         #: how to open ``WatchLine``s; None: ``PubSub`` (not possible, not wanted, or refused)
-        self.spec: LineSpec | None = line_spec(client) if raw else None
+        self.spec: RawSpec | None = raw_spec(client) if raw else None
         self._local = threading.local()
         self._lock = threading.Lock()
         #: every thread's connection, for ``close``; weak: a finished thread's connection is
@@ -80,7 +80,7 @@ class Watcher:
 
     # -- raw RESP3 line ------------------------------------------------------------------------
     def _watch_line(
-        self, spec: LineSpec, full: str, previous: bytes | None, deadline: float
+        self, spec: RawSpec, full: str, previous: bytes | None, deadline: float
     ) -> bytes | None:
         local = self._local
         line: WatchLine | None = getattr(local, "line", None)

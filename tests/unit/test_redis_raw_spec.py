@@ -1,6 +1,6 @@
-"""Which Redis URLs a client waits on through a raw RESP3 ``WatchLine`` (``line_spec``).
+"""Which Redis URLs a client talks to over a raw RESP3 connection (``raw_spec``).
 
-Plain TCP and Unix sockets, with or without a username and password, take the line; TLS,
+Plain TCP and Unix sockets, with or without a username and password, take it; TLS,
 Sentinel and credential providers keep redis-py's ``PubSub``. No server is contacted.
 """
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from celeriac._internal.redis_raw import raw_spec
 from celeriac.backends.redis import make_client
-from celeriac.backends.redis_line import line_spec
 
 redis = pytest.importorskip("redis")
 pytest.importorskip("hiredis")
@@ -20,7 +20,7 @@ pytest.importorskip("hiredis")
 def test_a_tcp_url_with_auth_db_and_options() -> None:
     options: dict[str, Any] = {"client_name": "web-1", "socket_timeout": 2.5}
     client = make_client("redis://alice:s3cret@redis.example:6390/4", options)
-    spec = line_spec(client)
+    spec = raw_spec(client)
     assert spec is not None
     assert spec.address == ("redis.example", 6390)
     assert (spec.db, spec.username, spec.password) == (4, "alice", "s3cret")
@@ -29,17 +29,17 @@ def test_a_tcp_url_with_auth_db_and_options() -> None:
 
 
 def test_a_unix_socket_url() -> None:
-    spec = line_spec(make_client("redis+socket:///run/redis.sock?virtual_host=2", {}))
+    spec = raw_spec(make_client("redis+socket:///run/redis.sock?virtual_host=2", {}))
     assert spec is not None
     assert (spec.address, spec.db, spec.password) == ("/run/redis.sock", 2, None)
 
 
 def test_tls_and_credential_providers_keep_pubsub() -> None:
-    assert line_spec(make_client("rediss://h:6380/0", {"ssl_cert_reqs": "none"})) is None
+    assert raw_spec(make_client("rediss://h:6380/0", {"ssl_cert_reqs": "none"})) is None
     provider = redis.UsernamePasswordCredentialProvider("u", "p")
-    assert line_spec(redis.Redis(credential_provider=provider)) is None
+    assert raw_spec(redis.Redis(credential_provider=provider)) is None
 
 
 def test_sentinel_keeps_pubsub() -> None:
     client = make_client("sentinel://127.0.0.1:26379/0", {"master_name": "mymaster"})
-    assert line_spec(client) is None
+    assert raw_spec(client) is None
