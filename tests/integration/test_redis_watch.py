@@ -5,7 +5,8 @@ Every test runs both ways a ``Watcher`` holds its per-thread connection: the raw
 the fallback for TLS, Sentinel and servers without RESP3). They run against a private
 redis-server this module starts on a free port (stopped by PID; the shared Redis is never
 touched), so the tests may read its command statistics and kill its connections. Skipped when
-``redis-server`` is not installed (failed under ``CI=true``).
+``redis-server`` is not installed (failed under ``CI=true``). The last test also covers the
+broker's kept connection (``_internal/redis_pinned.py``) on a server without RESP3.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 from celeriac import states
+from celeriac._internal.redis_pinned import PinnedConnection
 from celeriac.backends.base import ResultBackend
 from celeriac.backends.redis import RECHECK_SECONDS, RedisStore
 from celeriac.backends.redis_line import WatchLine
@@ -429,12 +431,13 @@ def test_the_line_authenticates_selects_the_db_and_names_itself(tmp_path: Path) 
         server.stop()
 
 
-def test_a_server_without_resp3_is_waited_on_through_pubsub(tmp_path: Path) -> None:
+def test_a_server_without_resp3_keeps_redis_py(tmp_path: Path) -> None:
     # redis-py 8 itself speaks RESP3 unless told otherwise: a RESP2 client, as with Redis < 6
     server = PrivateRedis(tmp_path, "--rename-command", "HELLO", "")
     client = redis.Redis(port=server.port, protocol=2)
     watcher = Watcher(client, recheck=RECHECK_SECONDS)
-    assert watcher.spec is not None
+    pinned = PinnedConnection(client)
+    assert watcher.spec is not None and pinned._spec is not None
     try:
         client.set("k", b"v")
         assert watcher.watch("k", None, time.monotonic() + 5) == b"v"
@@ -444,7 +447,11 @@ def test_a_server_without_resp3_is_waited_on_through_pubsub(tmp_path: Path) -> N
         client.set("k", b"w")
         client.publish("k", b"w")
         assert waiter.result(10) == b"w"
+        # the broker's kept connection falls back to a connection of the pool
+        assert pinned.execute("LPUSH", "q", b"m") == 1
+        assert pinned._spec is None and pinned.execute("LPUSH", "q", b"n") == 2
     finally:
+        pinned.close()
         watcher.close()
         client.close()
         server.stop()
