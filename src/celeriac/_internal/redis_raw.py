@@ -7,9 +7,9 @@ client more CPU than the command itself. A ``RawConnection`` is a plain blocking
 ``socket_timeout`` enforced by the kernel (``SO_RCVTIMEO``/``SO_SNDTIMEO``).
 
 - ``raw_spec(client)`` says where and how to connect, from a redis-py client's pool: plain TCP
-  and Unix sockets, with at most a username and password. TLS, Sentinel, credential providers,
-  custom connection classes, or no hiredis with RESP3 pushes: None, and the caller keeps
-  redis-py.
+  and Unix sockets, with at most a username and password, on POSIX. TLS, Sentinel, credential
+  providers, custom connection classes, or no hiredis with RESP3 pushes: None, and the caller
+  keeps redis-py.
 - The handshake is one write: ``HELLO 3 [AUTH user pass] [SETNAME name]`` and ``SELECT db``.
   RESP3 lets a subscribed connection still run commands (``backends/redis_line.py``). A server
   that refuses ``HELLO 3`` (Redis < 6) raises ``Unsupported``: the caller falls back for good.
@@ -26,6 +26,7 @@ One thread at a time: callers hold one per thread, or behind a lock.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ class RawSpec:
 
 def raw_spec(client: redis.Redis) -> RawSpec | None:
     """How to open ``RawConnection``s to ``client``'s server, or None (see the module doc)."""
+    if os.name != "posix":  # SO_RCVTIMEO's timeval and select.poll as used here
+        return None
     try:
         import hiredis
     except ImportError:
