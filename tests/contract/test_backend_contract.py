@@ -303,6 +303,17 @@ def test_wait_for_returns_at_once_when_ready(backend: ResultBackend) -> None:
     assert time.monotonic() - start < 1.0
 
 
+def test_wait_for_reads_once_before_the_deadline_counts(backend: ResultBackend) -> None:
+    backend.store_result(success("t1", "ready"))
+    assert backend.wait_for("t1", timeout=0).result == "ready"
+    backend.store_result(started("t2"))
+    start = time.monotonic()
+    for task_id in ("t2", "missing"):
+        with pytest.raises(TimeoutError):
+            backend.wait_for(task_id, timeout=0)
+    assert time.monotonic() - start < 1.0
+
+
 def test_wait_for_times_out(backend: ResultBackend) -> None:
     backend.store_result(started("t1"))
     start = time.monotonic()

@@ -1,7 +1,9 @@
 """Single publishes on the Redis broker's kept connection (``_internal.redis_pinned``).
 
-Against the test Redis: a killed connection is replaced without losing or doubling the message,
-threads that find it busy publish through the pool, and a forked child uses its own.
+Against the test Redis, both kinds of kept connection (``raw``: a ``RawConnection``, taken for
+plain TCP/Unix URLs; ``pool``: a connection of redis-py's pool, for the rest): a killed
+connection is replaced without losing or doubling the message, threads that find it busy
+publish through the pool, and a forked child uses its own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from celeriac._internal.redis_pinned import PinnedConnection
+from celeriac._internal.redis_raw import RawConnection
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.redis import RedisTransport
 
@@ -23,11 +27,15 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
-@pytest.fixture
-def transport(prefix: str, client: Any) -> Iterator[RedisTransport]:
+@pytest.fixture(params=["raw", "pool"])
+def transport(prefix: str, client: Any, request: pytest.FixtureRequest) -> Iterator[RedisTransport]:
     name = f"pinned-{uuid.uuid4().hex[:8]}"
     t = RedisTransport(URL, options={"global_keyprefix": prefix, "client_name": name})
+    if request.param == "pool":
+        t._pinned = PinnedConnection(t._client, raw=False)
     t.publish("q", msg("declare"))  # declares the queue: later publishes take the one-command path
+    kept_id(t)
+    assert isinstance(t._pinned._conn, RawConnection) == (request.param == "raw")
     yield t
     t.close()
 
@@ -47,16 +55,22 @@ def connections_named(client: Any, name: str) -> list[dict[str, Any]]:
     return [c for c in client.client_list() if c.get("name") == name]
 
 
+def kept_id(transport: RedisTransport) -> int:
+    """The server's id of the kept connection (asked on that connection)."""
+    return int(transport._pinned.execute("CLIENT", "ID"))
+
+
 def test_a_killed_connection_is_replaced_and_the_message_sent_once(
     transport: RedisTransport, client: Any, prefix: str
 ) -> None:
     transport.publish("q", msg("before"))
     name = transport.options["client_name"]
-    (pinned,) = connections_named(client, name)
-    client.client_kill_filter(_id=pinned["id"])
+    pinned = kept_id(transport)
+    assert str(pinned) in [c["id"] for c in connections_named(client, name)]
+    client.client_kill_filter(_id=pinned)
     transport.publish("q", msg("after"))
     assert bodies(client, prefix) == ["after", "before", "declare"]
-    assert [c["id"] for c in connections_named(client, name)] != [pinned["id"]]
+    assert str(pinned) not in [c["id"] for c in connections_named(client, name)]
 
 
 def test_threads_publishing_at_once_all_get_through(
@@ -84,7 +98,7 @@ def test_a_forked_child_publishes_on_its_own_connection(
 ) -> None:
     transport.publish("q", msg("parent-1"))
     name = transport.options["client_name"]
-    (before,) = connections_named(client, name)
+    before = kept_id(transport)
     pid = os.fork()
     if pid == 0:  # the child: publish, then leave without running the parent's cleanup
         code = 0
@@ -97,7 +111,8 @@ def test_a_forked_child_publishes_on_its_own_connection(
     assert os.waitstatus_to_exitcode(status) == 0
     transport.publish("q", msg("parent-2"))
     assert bodies(client, prefix) == ["child", "declare", "parent-1", "parent-2"]
-    assert before["id"] in [c["id"] for c in connections_named(client, name)]
+    assert kept_id(transport) == before
+    assert str(before) in [c["id"] for c in connections_named(client, name)]
 
 
 def test_close_never_waits_for_a_busy_or_inherited_lock(transport: RedisTransport) -> None:

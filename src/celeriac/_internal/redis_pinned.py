@@ -5,6 +5,11 @@ policy and observability hooks and checks the connection back in: about 20 us of
 on this project's machines, a third of what a single ``LPUSH`` costs its caller in all.
 ``PinnedConnection.execute`` sends the command on a connection it keeps, and reads the reply.
 
+- Where the URL allows (``redis_raw.raw_spec``: plain TCP/Unix, a username/password or none)
+  the kept connection is a ``RawConnection``: the command packed by hiredis, one ``sendto`` and
+  one ``recvfrom`` (redis-py's socket in timeout mode adds a ``poll`` to each, and its encoder
+  and parser layers ~10 us). Otherwise (TLS, Sentinel, ...) or on a server without RESP3 it is
+  a connection of the client's pool, used directly.
 - Threads: the connection is used by one caller at a time; a caller that finds it busy uses the
   client's pool as before (``execute_command``). So nothing is kept per thread (a program that
   starts a thread per request leaks nothing) and concurrent callers never wait for each other.
@@ -14,41 +19,45 @@ on this project's machines, a third of what a single ``LPUSH`` costs its caller 
   command whose reply was lost may have run: the caller's at-least-once rule applies.
 - Any other interruption (an exception from the parser, KeyboardInterrupt mid-reply) drops the
   connection, so a half-read reply never answers the next command.
-- After a fork the child makes its own connection (the parent's is never touched).
+- After a fork the child makes its own connection (the parent's is never touched); the check is
+  the fork generation (``forks``), not a ``getpid`` system call per command.
 - Not used (``enabled=False``) when the user sets ``max_connections``: a kept connection would
   hold one of a few (redis-py's own default, 100 in redis-py 8, leaves room).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import redis
 
+from celeriac._internal import forks
 from celeriac._internal.redis_link import RETRYABLE
+from celeriac._internal.redis_raw import RawConnection, Unsupported, raw_spec
 
 
 class PinnedConnection:
     """``execute(*args)``: ``client.execute_command(*args)`` on a kept connection."""
 
-    def __init__(self, client: redis.Redis, *, enabled: bool = True) -> None:
+    def __init__(self, client: redis.Redis, *, enabled: bool = True, raw: bool = True) -> None:
         self._client = client
-        self._pid = os.getpid()
+        forks.watch_forks()
+        self._generation = forks.generation()
         self._lock = threading.Lock()
+        #: a ``RawConnection`` (``_spec`` set) or a connection of the client's pool
         self._conn: Any = None
         #: False: every command goes through the pool (``max_connections`` set by the user)
         self._enabled = enabled
+        #: how to open a ``RawConnection``; None: a connection of the pool
+        self._spec = raw_spec(client) if enabled and raw else None
 
     def execute(self, *args: Any) -> Any:
-        if self._pid != os.getpid():
+        if self._generation != forks.generation():
             self._forked()
         if not self._enabled or not self._lock.acquire(blocking=False):
             return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         try:
-            if self._conn is None:
-                self._conn = self._client.connection_pool.get_connection()
             try:
                 return self._once(args)
             except RETRYABLE:
@@ -57,7 +66,11 @@ class PinnedConnection:
             self._lock.release()
 
     def _once(self, args: tuple[Any, ...]) -> Any:
+        if self._spec is not None:
+            return self._raw(args)
         conn = self._conn
+        if conn is None:
+            conn = self._conn = self._client.connection_pool.get_connection()
         try:
             conn.send_packed_command(conn.pack_command(*args))
             return conn.read_response()
@@ -67,23 +80,46 @@ class PinnedConnection:
             conn.disconnect()  # reconnects on its next command
             raise
 
+    def _raw(self, args: tuple[Any, ...]) -> Any:
+        conn: RawConnection | None = self._conn
+        if conn is None or conn.closed:
+            assert self._spec is not None
+            try:
+                conn = self._conn = RawConnection(self._spec)
+            except Unsupported:  # no RESP3 (Redis < 6): the pool's connections from now on
+                self._spec = self._conn = None
+                return self._once(args)
+        try:
+            conn.send(conn.pack(args))
+            return conn.reply()
+        except redis.ResponseError:
+            raise  # the whole reply was read: the connection is in step
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+
     def _forked(self) -> None:
-        self._pid = os.getpid()
+        self._generation = forks.generation()
         self._lock = threading.Lock()
         self._conn = None
 
     def close(self) -> None:
-        """Give the connection back to the pool (the client's ``close`` disconnects it).
+        """Close the raw connection, or give the pool's back (the client's ``close``
+        disconnects it).
 
         Never waits for the lock: one held at a fork, or leaked by an interrupt between its
         acquire and its ``try``, would block forever. A command in flight in another thread
-        uses its connection to the end; the client's ``close`` disconnects it with the rest."""
-        if self._pid != os.getpid() or not self._lock.acquire(blocking=False):
+        uses its connection to the end; the client's ``close`` disconnects a pool's connection
+        with the rest, and a raw one closes its socket when it is collected."""
+        if self._generation != forks.generation() or not self._lock.acquire(blocking=False):
             self._conn = None
             return
         try:
             conn, self._conn = self._conn, None
         finally:
             self._lock.release()
-        if conn is not None:
+        if isinstance(conn, RawConnection):
+            conn.close()
+        elif conn is not None:
             self._client.connection_pool.release(conn)

@@ -53,6 +53,9 @@ class KeyValueStore(ABC):
     """The primitives a result-backend driver implements. Values are bytes; keys are str."""
 
     schemes: tuple[str, ...] = ()
+    #: ``wait_for_change`` starts listening, then reads the key, in about the cost of one
+    #: ``get`` (Redis): ``ResultBackend.wait_for`` then skips its own first ``get``
+    watches = False
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
         self.url = url
@@ -303,10 +306,20 @@ class ResultBackend:
     def wait_for(
         self, task_id: str, timeout: float | None = None, interval: float = 0.5
     ) -> ResultMeta:
-        """Block until the task is in a ready state; ``TimeoutError`` after ``timeout``."""
+        """Block until the task is in a ready state; ``TimeoutError`` after ``timeout``.
+
+        The record is read once before the deadline counts (a ready result is returned even
+        with ``timeout=0``). A store that ``watches`` reads it inside its first
+        ``wait_for_change`` (after it starts listening: one round trip on Redis) instead of
+        with a separate ``get`` first.
+        """
         key = self.key_for(task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        payload = self.store.get(key)
+        if self.store.watches:
+            first = 5.0 if timeout is None else max(0.0, min(timeout, 5.0))
+            payload = self.store.wait_for_change(key, None, first)
+        else:
+            payload = self.store.get(key)
         while True:
             if payload is not None:
                 meta = self.decode_meta(task_id, payload)

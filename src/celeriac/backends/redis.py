@@ -39,10 +39,13 @@ Chord joins (spec §5.5, Celery 5.7's keys)
     count the same members, so a mixed fleet agrees on when a chord is complete.
 
 Waiting
-    ``wait_for_change`` SUBSCRIBEs to the key's channel (and waits for the confirmation), then
-    GETs the key (a write between the caller's read and the subscription is not missed), then
-    wakes on the key's message and takes the value from it. The sync store keeps one subscribed
-    connection per thread (``redis_watch.Watcher``); the async store one per wait. Deletes and
+    ``wait_for_change`` SUBSCRIBEs to the key's channel, then GETs the key (a write after the
+    GET is published on a channel already subscribed: never missed), then wakes on the key's
+    message and takes the value from it. The sync store keeps one subscribed connection per
+    thread (``redis_watch.Watcher``): a raw RESP3 connection where the URL allows, sending
+    UNSUBSCRIBE (the last key) + SUBSCRIBE + GET in one write (one round trip), else redis-py's
+    ``PubSub``. It ``watches``: ``ResultBackend.wait_for`` begins with ``wait_for_change``
+    rather than a GET of its own. The async store opens one ``PubSub`` per wait. Deletes and
     expiry publish nothing, so the key is also re-read at most every second.
 
 Reconnecting
@@ -298,6 +301,7 @@ class RedisStore(KeyValueStore):
     """``KeyValueStore`` on Redis: SET+PUBLISH in one MULTI, pub/sub waits (see module doc)."""
 
     schemes = ("redis", "rediss", "redis+socket", "sentinel")
+    watches = True
 
     def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
         super().__init__(url, options=options)
