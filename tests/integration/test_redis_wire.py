@@ -153,19 +153,6 @@ def test_error_replies_are_redis_py_exceptions_in_place(server: Server) -> None:
     _run(scenario())
 
 
-def test_error_reply_mapping() -> None:
-    assert isinstance(wire.error_of("NOSCRIPT No matching script"), redis.exceptions.NoScriptError)
-    loading = wire.error_of("LOADING Redis is loading the dataset in memory")
-    assert isinstance(loading, redis.ConnectionError)  # ``Link`` retries it
-    wrongpass = wire.error_of("WRONGPASS invalid username-password pair")
-    assert isinstance(wrongpass, redis.exceptions.AuthenticationError)
-    assert isinstance(wire.error_of("NOAUTH Authentication required."), redis.AuthenticationError)
-    full = wire.error_of("ERR max number of clients reached")
-    assert type(full) is redis.ConnectionError
-    assert type(wire.error_of("ERR unknown command 'X'")) is redis.ResponseError
-    assert isinstance(wire.error_of("READONLY You can't write"), redis.exceptions.ReadOnlyError)
-
-
 def test_auth_select_and_client_name_on_connect(server: Server) -> None:
     async def scenario() -> int:
         conn = wire.Connection(server.endpoint(db=3, client_name="celeriac-wire-test"))

@@ -36,30 +36,15 @@ import redis
 from redis import exceptions as rexc
 
 from celeriac._internal import forks
+from celeriac._internal.redis_errors import error_of
 
 #: returned by the reader when a reply is incomplete (RESP3 also has a false boolean)
 MORE = object()
 _READ_SIZE = 65536
 
-#: error replies by their first word, as redis-py raises them
-_ERRORS: dict[str, type[redis.RedisError]] = {
-    "LOADING": rexc.BusyLoadingError,
-    "READONLY": rexc.ReadOnlyError,
-    "NOSCRIPT": rexc.NoScriptError,
-    "OOM": rexc.OutOfMemoryError,
-    "NOPERM": rexc.NoPermissionError,
-    "NOAUTH": rexc.AuthenticationError,
-    "WRONGPASS": rexc.AuthenticationError,
-    "EXECABORT": rexc.ExecAbortError,
-}
-
 
 class Unsupported(redis.RedisError):
     """The server refused ``HELLO 3`` (Redis < 6): use redis-py instead."""
-
-
-def _reply_error(message: str) -> redis.RedisError:
-    return _ERRORS.get(message.partition(" ")[0], redis.ResponseError)(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +145,7 @@ class RawConnection:
         #: ``hiredis.pack_command``: a tuple of str/bytes/int/float -> one command's bytes
         self.pack: Any = hiredis.pack_command  # (its stub types a 1-tuple)
         self.push_type: Any = hiredis.PushNotification
-        self.reader = hiredis.Reader(replyError=_reply_error, notEnoughData=MORE)
+        self.reader = hiredis.Reader(replyError=error_of, notEnoughData=MORE)
         try:
             self.sock = _connect(spec)
         except OSError as exc:

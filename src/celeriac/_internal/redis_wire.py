@@ -40,39 +40,10 @@ from typing import Any
 import hiredis
 from redis import exceptions as rex
 
-#: the first word of an error reply -> the exception redis-py raises for it
-ERROR_CODES: dict[str, type[rex.RedisError]] = {
-    "NOSCRIPT": rex.NoScriptError,
-    "LOADING": rex.BusyLoadingError,
-    "WRONGPASS": rex.AuthenticationError,
-    "NOAUTH": rex.AuthenticationError,
-    "NOPERM": rex.NoPermissionError,
-    "READONLY": rex.ReadOnlyError,
-    "OOM": rex.OutOfMemoryError,
-    "EXECABORT": rex.ExecAbortError,
-}
-#: ``ERR`` replies redis-py maps to something other than ``ResponseError``
-ERR_MESSAGES: dict[str, type[rex.RedisError]] = {
-    "max number of clients reached": rex.ConnectionError,
-    "invalid password": rex.AuthenticationError,
-}
+from celeriac._internal.redis_errors import error_of
+
 #: the read deadline of a call when the endpoint sets none (seconds)
 DEFAULT_TIMEOUT = 30.0
-
-
-def error_of(message: str) -> rex.RedisError:
-    """The redis-py exception for an error reply's text."""
-    code, _, rest = message.partition(" ")
-    kind = ERROR_CODES.get(code)
-    if kind is not None:
-        return kind(rest)
-    if code == "ERR":
-        if rest in ERR_MESSAGES:
-            return ERR_MESSAGES[rest](rest)
-        if rest.startswith("AUTH") and "password" in rest:  # AUTH sent, no password is set
-            return rex.AuthenticationError(rest)
-        return rex.ResponseError(rest)
-    return rex.ResponseError(message)
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
@@ -327,4 +298,4 @@ class Connection:
             proto.fail(rex.ConnectionError(f"Connection to {proto.where} closed"))
 
 
-__all__ = ["Connection", "Endpoint", "error_of", "pack"]
+__all__ = ["Connection", "Endpoint", "pack"]
