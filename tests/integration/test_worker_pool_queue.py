@@ -59,8 +59,10 @@ def gate_task(app: Celeriac, gate: Gate, **options: Any) -> Any:
 def test_short_sync_tasks_wait_in_the_pool_queue(app: Celeriac) -> None:
     gate = Gate()
     block = gate_task(app, gate)
+    # sent before the worker starts, so its first fetch takes four at once (see
+    # test_time_limits_of_queued_tasks_count_from_their_start)
+    results = [block.delay(i) for i in range(5)]
     with start_worker(app, concurrency=1, prefetch_multiplier=4) as worker:
-        results = [block.delay(i) for i in range(5)]
         # one running, three handed to the pool's queue (prefetch 4), one left in the broker
         assert worker.state.wait_for(lambda s: len(s.active) == 4, timeout=5)
         assert not worker.state.reserved
@@ -113,11 +115,11 @@ def test_async_tasks_are_not_queued_in_the_pool(app: Celeriac) -> None:
 def test_warm_shutdown_requeues_jobs_queued_in_the_pool(app: Celeriac) -> None:
     gate = Gate()
     block = gate_task(app, gate)
+    results = [block.delay(i) for i in range(4)]  # before the start: one fetch takes all four
     worker = Worker(app, concurrency=1, prefetch_multiplier=4, hostname="queue@test")
     worker.start_in_thread()
     try:
         assert worker.wait_ready(5)
-        results = [block.delay(i) for i in range(4)]
         assert worker.state.wait_for(lambda s: len(s.active) == 4 and gate.started, timeout=5)
         worker.stop(wait=False)
         # the three queued jobs are withdrawn and requeued while the first one still runs
@@ -176,8 +178,11 @@ def test_time_limits_of_queued_tasks_count_from_their_start(app: Celeriac, limit
         time.sleep(0.6)
         return i
 
+    # all four wait before the worker starts, so its first fetch takes them together: sent one
+    # by one to a running worker, a first fetch that took three would (rightly) wait for room
+    # before taking the fourth, and four would never be in the pool at once
+    results = [nap.delay(i) for i in range(4)]
     with start_worker(app, concurrency=1, prefetch_multiplier=4) as worker:
-        results = [nap.delay(i) for i in range(4)]
         assert worker.state.wait_for(lambda s: len(s.active) == 4, timeout=5)
         # the last one starts 1.8 s after the hand-off, and each runs 0.6 s of its 1 s limit
         assert [r.get(timeout=10) for r in results] == [0, 1, 2, 3]
