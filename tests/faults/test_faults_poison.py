@@ -102,6 +102,16 @@ def test_self_killing_task_is_dead_lettered(
             given_up = time.monotonic() - began
             error = poison.get(timeout=5, propagate=False)
             env.wait_finished(good, timeout=60)
+            # the FAILURE record and the dead letter are separate writes: wait for the letter
+            wait_for(
+                lambda: any(
+                    dl.message.headers.get("id") == poison.id
+                    for dl in env.client.transport.dead_letters()
+                ),
+                10,
+                "the poison message in the dead-letter queue",
+                interval=0.1,
+            )
             letters = env.client.transport.dead_letters()
         finally:
             supervisor.stop()
