@@ -138,3 +138,42 @@ def test_close_never_waits_for_a_busy_or_inherited_lock(transport: RedisTranspor
             assert os.waitstatus_to_exitcode(done[1]) == 0
     finally:
         pinned._lock.release()
+
+
+def test_publish_many_goes_on_the_kept_connection_and_survives_its_kill(
+    transport: RedisTransport, client: Any, prefix: str
+) -> None:
+    pinned = kept_id(transport)
+    client.client_kill_filter(_id=pinned)
+    transport.publish_many([("q", msg(f"bulk-{i:04}"), None) for i in range(1500)])
+    expected = sorted(["declare"] + [f"bulk-{i:04}" for i in range(1500)])
+    assert bodies(client, prefix) == expected
+    assert kept_id(transport) != pinned  # a fresh kept connection took the batch
+
+
+def test_execute_many_on_a_busy_connection_uses_the_pool(transport: RedisTransport) -> None:
+    pinned = transport._pinned
+    kept = kept_id(transport)
+    assert pinned._lock.acquire()  # as if another thread were publishing on it
+    try:
+        replies = pinned.execute_many([("CLIENT", "ID"), ("PING",)])
+    finally:
+        pinned._lock.release()
+    assert int(replies[0]) != kept
+    assert replies[1] in (b"PONG", "PONG", True)
+
+
+def test_execute_many_keeps_an_error_reply_in_its_place(
+    transport: RedisTransport, client: Any, prefix: str
+) -> None:
+    import redis
+
+    key = f"{prefix}not-a-list"
+    client.set(key, "x")
+    replies = transport._pinned.execute_many(
+        [("LPUSH", key, "a"), ("LPUSH", f"{prefix}list", *["v"] * 100), ("LLEN", f"{prefix}list")]
+    )
+    assert isinstance(replies[0], redis.ResponseError)
+    assert "WRONGTYPE" in str(replies[0])
+    assert replies[1:] == [100, 100]
+    assert kept_id(transport)  # still in step: the next command gets its own reply

@@ -10,6 +10,8 @@ on this project's machines, a third of what a single ``LPUSH`` costs its caller 
   one ``recvfrom`` (redis-py's socket in timeout mode adds a ``poll`` to each, and its encoder
   and parser layers ~10 us). Otherwise (TLS, Sentinel, ...) or on a server without RESP3 it is
   a connection of the client's pool, used directly.
+- ``execute_many`` sends several commands in one write (a bulk publish), packed by ``resp``
+  (hiredis is ten times slower on a long ``LPUSH``), and returns their replies in order.
 - Threads: the connection is used by one caller at a time; a caller that finds it busy uses the
   client's pool as before (``execute_command``). So nothing is kept per thread (a program that
   starts a thread per request leaks nothing) and concurrent callers never wait for each other.
@@ -28,6 +30,7 @@ on this project's machines, a third of what a single ``LPUSH`` costs its caller 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -35,6 +38,7 @@ import redis
 from celeriac._internal import forks
 from celeriac._internal.redis_link import RETRYABLE
 from celeriac._internal.redis_raw import RawConnection, Unsupported, raw_spec
+from celeriac._internal.resp import pack
 
 
 class PinnedConnection:
@@ -65,6 +69,31 @@ class PinnedConnection:
         finally:
             self._lock.release()
 
+    def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """The replies of ``commands``, sent in one write (packed by ``resp.pack``: a long
+        ``LPUSH`` costs hiredis ten times more), in order; an error reply stands in its place
+        as the redis-py exception. A busy kept connection: a connection of the pool."""
+        if self._generation != forks.generation():
+            self._forked()
+        packed = pack(commands)
+        if not self._enabled or not self._lock.acquire(blocking=False):
+            return self._on_pool(packed, len(commands))
+        try:
+            try:
+                return self._many(packed, len(commands))
+            except RETRYABLE:
+                return self._many(packed, len(commands))
+        finally:
+            self._lock.release()
+
+    def _on_pool(self, packed: bytes, count: int) -> list[Any]:
+        pool = self._client.connection_pool
+        conn = pool.get_connection()
+        try:
+            return _exchange(conn, packed, count)
+        finally:
+            pool.release(conn)
+
     def _once(self, args: tuple[Any, ...]) -> Any:
         if self._spec is not None:
             return self._raw(args)
@@ -81,14 +110,9 @@ class PinnedConnection:
             raise
 
     def _raw(self, args: tuple[Any, ...]) -> Any:
-        conn: RawConnection | None = self._conn
-        if conn is None or conn.closed:
-            assert self._spec is not None
-            try:
-                conn = self._conn = RawConnection(self._spec)
-            except Unsupported:  # no RESP3 (Redis < 6): the pool's connections from now on
-                self._spec = self._conn = None
-                return self._once(args)
+        conn = self._raw_connection()
+        if conn is None:  # the server has no RESP3: the pool's connection
+            return self._once(args)
         try:
             conn.send(conn.pack(args))
             return conn.reply()
@@ -98,6 +122,34 @@ class PinnedConnection:
             conn.close()
             self._conn = None
             raise
+
+    def _many(self, packed: bytes, count: int) -> list[Any]:
+        conn = self._raw_connection() if self._spec is not None else None
+        if conn is None:
+            kept = self._conn
+            if kept is None:
+                kept = self._conn = self._client.connection_pool.get_connection()
+            return _exchange(kept, packed, count)  # (disconnects it on a failure)
+        try:
+            conn.send(packed)
+            return _replies(conn.reply, count)
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+
+    def _raw_connection(self) -> RawConnection | None:
+        """The kept raw connection, opened if need be; None once the server refused RESP3
+        (``_spec`` is then None: the pool's connections from now on)."""
+        conn: RawConnection | None = self._conn
+        if conn is None or conn.closed:
+            assert self._spec is not None
+            try:
+                conn = self._conn = RawConnection(self._spec)
+            except Unsupported:
+                self._spec = self._conn = None
+                return None
+        return conn
 
     def _forked(self) -> None:
         self._generation = forks.generation()
@@ -123,3 +175,26 @@ class PinnedConnection:
             conn.close()
         elif conn is not None:
             self._client.connection_pool.release(conn)
+
+
+def _replies(read: Callable[[], Any], count: int) -> list[Any]:
+    """``count`` replies from ``read``; an error reply (raised by ``read`` once the whole reply
+    is read) in its place, so the connection stays in step."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(read())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
+    """Send ``packed`` (``count`` commands) on a redis-py connection and read the replies;
+    the connection is disconnected on a failure (it reconnects on its next command)."""
+    try:
+        conn.send_packed_command([packed])
+        return _replies(conn.read_response, count)
+    except BaseException:
+        conn.disconnect()
+        raise

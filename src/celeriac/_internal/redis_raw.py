@@ -37,6 +37,7 @@ from redis import exceptions as rexc
 
 from celeriac._internal import forks
 from celeriac._internal.redis_errors import error_of
+from celeriac._internal.resp import pack_command
 
 #: returned by the reader when a reply is incomplete (RESP3 also has a false boolean)
 MORE = object()
@@ -142,8 +143,8 @@ class RawConnection:
         self.spec = spec
         self.generation = forks.generation()
         self.closed = False
-        #: ``hiredis.pack_command``: a tuple of str/bytes/int/float -> one command's bytes
-        self.pack: Any = hiredis.pack_command  # (its stub types a 1-tuple)
+        #: ``resp.pack_command``: a tuple of str/bytes/int/float -> one command's bytes
+        self.pack: Any = pack_command
         self.push_type: Any = hiredis.PushNotification
         self.reader = hiredis.Reader(replyError=error_of, notEnoughData=MORE)
         try:

@@ -2,7 +2,7 @@
 
 The worker's loop thread spends most of its CPU on Redis calls inside redis.asyncio's generic
 machinery (pool checkout, retry wrapper, async timeouts, per-command parsing). ``Connection``
-does only what the worker's calls need: commands packed to bytes (``hiredis.pack_command``),
+does only what the worker's calls need: commands packed to bytes (``resp.pack``),
 any number of them in one write (a pipeline), replies matched in order to a FIFO of pending
 calls, one future per call whatever its length.
 
@@ -33,7 +33,7 @@ import contextlib
 import math
 import socket
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,16 +41,10 @@ import hiredis
 from redis import exceptions as rex
 
 from celeriac._internal.redis_errors import error_of
+from celeriac._internal.resp import pack
 
 #: the read deadline of a call when the endpoint sets none (seconds)
 DEFAULT_TIMEOUT = 30.0
-
-
-def pack(commands: Sequence[Sequence[Any]]) -> bytes:
-    """The RESP bytes of ``commands`` (each a sequence of str, bytes, int or float)."""
-    if len(commands) == 1:
-        return bytes(hiredis.pack_command(tuple(commands[0])))
-    return b"".join([hiredis.pack_command(tuple(c)) for c in commands])
 
 
 @dataclass(frozen=True, slots=True)

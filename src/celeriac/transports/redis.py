@@ -365,9 +365,9 @@ class RedisTransport(Transport):
         self._run("publish", self._pinned.execute, "LPUSH", key, payload)
 
     def _publish(self, items: Sequence[Outgoing]) -> set[str]:
-        pipe = self._client.pipeline(transaction=False)
-        new = _pipe_publish(pipe, self._core, items)
-        pipe.execute()
+        queued = _Queued()
+        new = _pipe_publish(queued, self._core, items)
+        _raise_errors(self._pinned.execute_many(queued.commands))
         return new
 
     # -- consumer side -----------------------------------------------------------------------

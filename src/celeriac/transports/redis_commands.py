@@ -100,13 +100,13 @@ class LeanCommands:
         self.blocker = Connection(endpoint)
 
     async def pipe(self, commands: Sequence[Sequence[Any]], *, block: float = 0.0) -> list[Any]:
-        from celeriac._internal.redis_wire import pack
+        from celeriac._internal.resp import pack
 
         conn = self.blocker if block else self.main
         return await conn.execute(pack(commands), len(commands), block=block)
 
     def unblock(self) -> None:
-        from celeriac._internal.redis_wire import pack
+        from celeriac._internal.resp import pack
 
         client_id = self.blocker.client_id
         if client_id is not None and self.blocker.busy:
