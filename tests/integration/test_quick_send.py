@@ -79,6 +79,22 @@ def test_rendered_envelopes_are_the_full_paths_bytes(app: Celeriac) -> None:
         assert payload == full_path(app, anything, task_id, args, kwargs, tag), (args, kwargs)
 
 
+def test_a_name_with_format_characters_renders_as_the_full_path(app: Celeriac) -> None:
+    """The template is split once into a ``%`` format: literal ``%`` and ``{}`` must stay."""
+
+    @app.task(name="quick.100%s{0}%%d", queue="q%s{x}%")
+    def odd(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    for args, kwargs in [((), {}), ((1, "%s"), {"k": "{0}%%"})]:
+        quick = quick_send(app, odd.name, odd, args, kwargs)
+        assert quick is not None
+        task_id, _, payload = quick
+        tag = json.loads(payload)["properties"]["delivery_tag"]
+        assert payload == full_path(app, odd, task_id, args, kwargs, tag)
+        assert json.loads(payload)["headers"]["task"] == "quick.100%s{0}%%d"
+
+
 def test_delay_sends_through_the_quick_path_and_the_message_reads_back(
     app: Celeriac, client: Any, prefix: str
 ) -> None:

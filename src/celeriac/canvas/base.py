@@ -71,6 +71,8 @@ class Plan:
 
 def copy_options(options: dict[str, Any]) -> dict[str, Any]:
     """A copy whose list values (``link``, ``link_error``, ``chain``) are copies too."""
+    if not options:
+        return {}
     for value in options.values():
         if isinstance(value, list):
             return {k: list(v) if isinstance(v, list) else v for k, v in options.items()}
