@@ -369,11 +369,11 @@ class Task(Generic[P, R]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Signature[R]:
-        from celeriac.canvas import Signature
+        from celeriac.canvas.base import Signature
 
         immutable = bool(options.pop("immutable", False))
-        sig: Signature[R] = Signature(
-            self.name, args, kwargs, options=options, immutable=immutable, app=self._app
+        sig: Signature[R] = Signature.made(
+            self._app, self.name, list(args or ()), dict(kwargs or {}), options, None, immutable
         )
         return sig
 

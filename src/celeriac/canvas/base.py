@@ -246,18 +246,40 @@ class Signature(dict[str, Any], Generic[R]):
 
     def _copy(self) -> Signature[R]:
         """``clone()`` with nothing to merge: the same fields, list options copied."""
-        sig: Signature[R] = Signature.__new__(Signature)
-        sig._app = self._app
         get = self.get
         subtask_type = get("subtask_type")
+        return Signature.made(
+            self._app,
+            str(self["task"]),
+            list(get("args") or ()),
+            dict(get("kwargs") or {}),
+            copy_options(get("options") or {}),
+            str(subtask_type) if subtask_type is not None else None,
+            bool(get("immutable")),
+        )
+
+    @staticmethod
+    def made(
+        app: Celeriac | None,
+        task: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        subtask_type: str | None = None,
+        immutable: bool = False,
+    ) -> Signature[Any]:
+        """A plain signature of these fields, taken as they are (no copies, no checks): for
+        callers that made them fresh (``_copy``, ``Task.signature``) on hot paths."""
+        sig: Signature[Any] = Signature.__new__(Signature)
+        sig._app = app
         dict.__init__(
             sig,
-            task=str(self["task"]),
-            args=list(get("args") or ()),
-            kwargs=dict(get("kwargs") or {}),
-            options=copy_options(get("options") or {}),
-            subtask_type=str(subtask_type) if subtask_type is not None else None,
-            immutable=bool(get("immutable")),
+            task=task,
+            args=args,
+            kwargs=kwargs,
+            options=options,
+            subtask_type=subtask_type,
+            immutable=immutable,
         )
         return sig
 

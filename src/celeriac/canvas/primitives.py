@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Self
 
+from celeriac._internal.ids import new_id
 from celeriac.canvas.base import (
     TYPES,
+    Call,
     Membership,
     Plan,
     Signature,
@@ -279,7 +281,6 @@ class group(_TaskList):
     ) -> tuple[str, str, int]:
         """The group's own part of ``_freeze``: (its id, the id its members report to, the
         first member's ``group_index``), written in its options (or in ``opts``)."""
-        from celeriac._internal.ids import new_id
 
         opts = self.options if opts is None else opts
         gid = opts.get("task_id") or _id or new_id()
@@ -309,10 +310,24 @@ class group(_TaskList):
         member_args = partial_args(self, args)
         app, calls = self._app, plan.calls
         results: list[AsyncResult[Any]] = []
+        # what freeze_options writes in a member without options of its own, but its task id
+        # and group_index: such members (a bulk send's) skip the general merge
+        fixed: dict[str, Any] = {}
+        freeze_options(fixed, "-", join_id, at, None)
+        del fixed["task_id"]
         for member in self.tasks:
-            own = copy_options(member.options)
-            freeze_options(own, None, join_id, at, index)
-            call = member._call(member_args, kwargs, options, own)
+            if member.get("options") or options:
+                own = copy_options(member.options)
+                freeze_options(own, None, join_id, at, index)
+                call = member._call(member_args, kwargs, options, own)
+            else:
+                own = {"task_id": new_id(), **fixed, "group_index": index}
+                own_args, own_kwargs = member.get("args") or (), member.get("kwargs")
+                if member.get("immutable"):
+                    call = Call(member["task"], tuple(own_args), dict(own_kwargs or {}), own)
+                else:
+                    merged = {**own_kwargs, **kwargs} if own_kwargs else dict(kwargs)
+                    call = Call(member["task"], (*member_args, *own_args), merged, own)
             calls.append(call)
             results.append(AsyncResult(call.options["task_id"], app=app, task_name=call.name))
             index += 1
@@ -380,7 +395,6 @@ class group(_TaskList):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> GroupResult[Any]:
-        from celeriac._internal.ids import new_id
         from celeriac.result import GroupResult
 
         member_args = partial_args(self, args)
@@ -493,7 +507,6 @@ class chord(Signature[Any]):
 
     def _freeze_parts(self, _id: str | None, at: Membership) -> tuple[Any, GroupResult[Any]]:
         """(the body's result, the header's)."""
-        from celeriac._internal.ids import new_id
 
         body = self._required_body()
         header = self.header
