@@ -16,11 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server_support import RedisServer, wait_until
 
 from celeriac.backends.base import AsyncResultBackend, ResultBackend
 from celeriac.backends.redis import AsyncRedisStore, RedisStore
@@ -46,91 +42,9 @@ RECOVERY = 10.0
 FAST = {"interval_start": 0.02, "interval_step": 0.1, "interval_max": 0.3}
 
 
-def _need_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server is not installed (CI=true: servers are required)")
-        pytest.skip("redis-server is not installed")
-    return binary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.01)
-
-
-class RedisServer:
-    """A private redis-server: ``start`` (again on the same port and dir), ``stop`` by PID."""
-
-    def __init__(self, binary: str, workdir: Path, *args: str) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def command(self) -> list[str]:
-        return [
-            self.binary,
-            *self.args,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--dir",
-            str(self.workdir),
-        ]
-
-    def start(self) -> None:
-        log = (self.workdir / "server.log").open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 10.0
-        while True:
-            assert self.proc.poll() is None, (self.workdir / "server.log").read_text()[-2000:]
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
-                    if client.ping():
-                        return
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def client(self) -> Any:
-        return redis.Redis(port=self.port, socket_connect_timeout=1)
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    instance = RedisServer(_need_binary(), tmp_path)
+    instance = RedisServer(tmp_path, appendonly=True)
     instance.start()
     yield instance
     instance.stop()
@@ -186,7 +100,7 @@ def test_sync_transport_rides_out_a_restart(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="celeriac")
     options = {"visibility_timeout": 60.0, **FAST}
-    consumer = RedisTransport(server.url, options=options)
+    consumer = RedisTransport(server.url(), options=options)
     producer_url = f"redis://localhost:{server.port}/0"  # told apart in the logs
     producer = RedisTransport(producer_url, options=options)
     try:
@@ -202,8 +116,8 @@ def test_sync_transport_rides_out_a_restart(
             lambda: producer.publish_many([("q", msg(f"b{i}"), None) for i in range(5)])
         )
         fetching = Background(lambda: consumer.fetch(["q"], 10, 0.2))
-        wait_for(lambda: producer._link.down_since is not None, 5, "producer saw the outage")
-        wait_for(lambda: consumer._link.down_since is not None, 5, "consumer saw the outage")
+        wait_until(lambda: producer._link.down_since is not None, 5, "producer saw the outage")
+        wait_until(lambda: consumer._link.down_since is not None, 5, "consumer saw the outage")
         restarted = time.monotonic()
         server.start()
         for call in (acking, publishing, fetching):
@@ -233,12 +147,12 @@ def test_sync_store_rides_out_a_restart(
     server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="celeriac")
-    store = RedisStore(server.url, options=dict(FAST))
+    store = RedisStore(server.url(), options=dict(FAST))
     try:
         store.set("before", b"1", 60)
         server.stop()
         writing = Background(lambda: store.set_many([("during", b"2", 60)]))
-        wait_for(lambda: store._link.down_since is not None, 5, "store saw the outage")
+        wait_until(lambda: store._link.down_since is not None, 5, "store saw the outage")
         restarted = time.monotonic()
         server.start()
         writing.join(RECOVERY)
@@ -250,7 +164,7 @@ def test_sync_store_rides_out_a_restart(
 
 
 def test_an_outage_longer_than_connect_retries_timeout_raises(server: RedisServer) -> None:
-    transport = RedisTransport(server.url, options={**FAST, "connect_retries_timeout": 0.5})
+    transport = RedisTransport(server.url(), options={**FAST, "connect_retries_timeout": 0.5})
     try:
         transport.publish("q", msg("x"))
         server.stop()
@@ -282,8 +196,8 @@ def test_async_transport_and_store_ride_out_a_restart(
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        transport = AsyncRedisTransport(server.url, options=options)
-        sync_store = RedisStore(server.url)
+        transport = AsyncRedisTransport(server.url(), options=options)
+        sync_store = RedisStore(server.url())
         backend = AsyncResultBackend(ResultBackend(sync_store))
         assert isinstance(backend.store, AsyncRedisStore)
         try:
@@ -316,65 +230,62 @@ def test_async_transport_and_store_ride_out_a_restart(
 
 
 # -- sentinel ----------------------------------------------------------------------------------
-class Sentinel:
+class Sentinel(RedisServer):
     """``redis-server --sentinel`` monitoring ``master`` as ``mymaster`` (quorum 1)."""
 
-    def __init__(self, binary: str, workdir: Path, master: RedisServer) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        config = workdir / "sentinel.conf"
-        config.write_text(
+    def __init__(self, workdir: Path, master: RedisServer) -> None:
+        super().__init__(workdir)
+        self.config = workdir / "sentinel.conf"
+        self.config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
             f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
             "sentinel down-after-milliseconds mymaster 500\n"
             "sentinel failover-timeout mymaster 5000\n"
         )
-        log = (workdir / "sentinel.log").open("ab")
-        self.proc = subprocess.Popen(
-            [binary, str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        wait_for(self.master_port, 10, "sentinel answers")
+
+    def command(self) -> list[str]:
+        return [self.binary, str(self.config), "--sentinel"]
+
+    def answers(self) -> bool:
+        return self.master_port() is not None
 
     def master_port(self) -> int | None:
         try:
-            with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
+            with self.client(socket_connect_timeout=0.2) as client:
                 addr = client.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster")
         except redis.RedisError:
             return None
         return int(addr[1]) if addr else None
 
     def replicas_known(self) -> int:
-        with redis.Redis(port=self.port) as client:
+        with self.client() as client:
             return len(client.execute_command("SENTINEL", "replicas", "mymaster"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
 
 
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, Sentinel]]:
-    binary = _need_binary()
     (tmp_path / "master").mkdir()
     (tmp_path / "replica").mkdir()
-    master = RedisServer(binary, tmp_path / "master", "--repl-diskless-sync-delay", "0")
-    master.start()
-    replica = RedisServer(
-        binary, tmp_path / "replica", "--replicaof", "127.0.0.1", str(master.port)
-    )
-    sentinel: Sentinel | None = None
+    started: list[RedisServer] = []  # each made once the one before listens: distinct ports
+
+    def start(server: RedisServer) -> None:
+        started.append(server)
+        server.start()
+
     try:
-        replica.start()
-        sentinel = Sentinel(binary, tmp_path, master)
+        master = RedisServer(
+            tmp_path / "master", "--repl-diskless-sync-delay", "0", appendonly=True
+        )
+        start(master)
+        replica_of = ("--replicaof", "127.0.0.1", str(master.port))
+        replica = RedisServer(tmp_path / "replica", *replica_of, appendonly=True)
+        start(replica)
+        sentinel = Sentinel(tmp_path, master)
+        start(sentinel)
         yield master, replica, sentinel
     finally:
-        if sentinel is not None:
-            sentinel.stop()
-        replica.stop()
-        master.stop()
+        for server in reversed(started):
+            server.stop()
 
 
 def test_sentinel_url_and_failover(
@@ -391,7 +302,7 @@ def test_sentinel_url_and_failover(
         store.set("k", b"v", 60)
         with master.client() as raw:  # it went to the master the sentinel named
             assert raw.llen("q") == 1 and raw.get("k") == b"v"
-            wait_for(lambda: sentinel.replicas_known() == 1, 10, "sentinel knows the replica")
+            wait_until(lambda: sentinel.replicas_known() == 1, 10, "sentinel knows the replica")
             assert raw.execute_command("WAIT", 1, 5000) == 1  # the replica has every write
 
         master.stop()  # the master dies: the sentinel promotes the replica

@@ -12,17 +12,13 @@ reads; a plain admin connection then checks that the keys landed in the URL's DB
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server_support import RedisServer, free_port, need_binary
 
 from celeriac.backends.redis import RedisStore
 from celeriac.exceptions import OperationalError
@@ -37,31 +33,24 @@ PASSWORD = "s3cret"
 USER, USER_PASSWORD = "alice", "wonder"
 
 
-def _need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{binary} is not installed (CI=true: servers are required)")
-        pytest.skip(f"{binary} is not installed")
-    return path
+class Server(RedisServer):
+    """The private server: a TCP port, a unix socket and a TLS port, a password and an ACL user."""
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    port: int
-    tls_port: int
-    sock: Path
-    ca: Path
+    def __init__(self, workdir: Path) -> None:
+        self.sock = workdir / "redis.sock"
+        self.ca, key = _certificate(workdir)
+        self.tls_port = free_port()
+        super().__init__(
+            workdir,
+            *("--unixsocket", str(self.sock), "--unixsocketperm", "700"),
+            *("--tls-port", str(self.tls_port), "--tls-cert-file", str(self.ca)),
+            *("--tls-key-file", str(key), "--tls-ca-cert-file", str(self.ca)),
+            *("--tls-auth-clients", "no", "--requirepass", PASSWORD),
+            *("--user", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all"),
+        )
 
     def admin(self, db: int) -> Any:
-        return redis.Redis(port=self.port, db=db, password=PASSWORD)
+        return self.client(db)
 
 
 def _certificate(workdir: Path) -> tuple[Path, Path]:
@@ -69,7 +58,7 @@ def _certificate(workdir: Path) -> tuple[Path, Path]:
     cert, key = workdir / "cert.pem", workdir / "key.pem"
     subprocess.run(
         [
-            _need("openssl"),
+            need_binary("openssl"),
             *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
             *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
             *("-addext", "subjectAltName=IP:127.0.0.1"),
@@ -82,37 +71,13 @@ def _certificate(workdir: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    binary = _need("redis-server")
-    workdir = tmp_path_factory.mktemp("redis-urls")
-    cert, key = _certificate(workdir)
-    srv = Server(_free_port(), _free_port(), workdir / "redis.sock", cert)
-    command = [
-        binary,
-        *("--port", str(srv.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-        *("--unixsocket", str(srv.sock), "--unixsocketperm", "700"),
-        *("--tls-port", str(srv.tls_port), "--tls-cert-file", str(cert)),
-        *("--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)),
-        *("--tls-auth-clients", "no", "--requirepass", PASSWORD),
-        *("--user", USER, "on", f">{USER_PASSWORD}", "~*", "&*", "+@all"),
-        *("--dir", str(workdir)),
-    ]
-    with (workdir / "server.log").open("ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    need_binary("redis-server")
+    srv = Server(tmp_path_factory.mktemp("redis-urls"))
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, (workdir / "server.log").read_text()[-2000:]
-            try:
-                with srv.admin(0) as client:
-                    if client.ping():
-                        break
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "the private redis-server did not start"
-                time.sleep(0.05)
+        srv.start()
         yield srv
     finally:
-        proc.kill()
-        proc.wait(10)
+        srv.stop()
 
 
 def _urls(srv: Server) -> dict[str, tuple[str, int, dict[str, Any]]]:

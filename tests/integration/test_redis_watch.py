@@ -12,11 +12,6 @@ broker's kept connection (``_internal/redis_pinned.py``) on a server without RES
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -25,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server_support import RedisServer, wait_until
 
 from celeriac import states
 from celeriac._internal.redis_pinned import PinnedConnection
@@ -43,61 +39,18 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 FAST = {"interval_start": 0.02, "interval_step": 0.05, "interval_max": 0.2}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.005)
-
-
-class PrivateRedis:
-    """A redis-server on a free port, without persistence; ``stop`` by PID."""
+class PrivateRedis(RedisServer):
+    """A redis-server on a free port, without persistence, started at once; ``admin`` is a
+    RESP2 client of it, closed by ``stop`` (by PID)."""
 
     def __init__(self, workdir: Path, *args: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail("redis-server is not installed (CI=true: servers are required)")
-            pytest.skip("redis-server is not installed")
-        self.port = free_port()
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(workdir), *args]
-        log = (workdir / f"redis-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        password = args[args.index("--requirepass") + 1] if "--requirepass" in args else None
-        self.admin = redis.Redis(
-            port=self.port, password=password, socket_connect_timeout=1, protocol=2
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            assert self.proc.poll() is None, "the private redis-server exited"
-            try:
-                if self.admin.ping():
-                    break
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "the private redis-server did not start"
-                time.sleep(0.02)
-
-    def url(self, auth: str = "", db: int = 0) -> str:
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        super().__init__(workdir, *args)
+        self.start()
+        self.admin = self.client(protocol=2)
 
     def stop(self) -> None:
         self.admin.close()
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        super().stop()
 
 
 @pytest.fixture(scope="module")
@@ -409,7 +362,7 @@ def test_the_line_authenticates_selects_the_db_and_names_itself(tmp_path: Path) 
     server = PrivateRedis(tmp_path, "--requirepass", "s3cret")
     try:
         for auth in (":s3cret@", "default:s3cret@"):
-            store = open_store(server.url(auth, db=3), "line")
+            store = open_store(server.url(3, auth), "line")
             try:
                 store.set("k", b"v", 60)
                 assert store.wait_for_change("k", None, 5.0) == b"v"

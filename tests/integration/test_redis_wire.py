@@ -12,10 +12,6 @@ connection and over redis.asyncio (``lean_connection: False``).
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server_support import RedisServer, free_port
 
 from celeriac.protocol.envelope import RawMessage
 from celeriac.transports.redis import AsyncRedisTransport
@@ -37,23 +34,22 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 PASSWORD = "wire-s3cret"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+class Server(RedisServer):
+    """The private server: a TCP port and a unix socket, with a password."""
 
-
-class Server:
-    def __init__(self, port: int, sock: Path) -> None:
-        self.port = port
-        self.sock = sock
+    def __init__(self, workdir: Path) -> None:
+        self.sock = workdir / "redis.sock"
+        super().__init__(
+            workdir,
+            *("--unixsocket", str(self.sock), "--unixsocketperm", "700"),
+            *("--requirepass", PASSWORD),
+        )
 
     def admin(self, db: int = 0) -> Any:
-        return redis.Redis(port=self.port, db=db, password=PASSWORD, socket_connect_timeout=1)
+        return self.client(db)
 
-    def url(self, db: int = 0) -> str:
-        return f"redis://:{PASSWORD}@127.0.0.1:{self.port}/{db}"
+    def url(self, db: int = 0, auth: str = f":{PASSWORD}@") -> str:
+        return super().url(db, auth)
 
     def endpoint(self, **extra: Any) -> Any:
         return wire.Endpoint(port=self.port, password=PASSWORD, **extra)
@@ -61,36 +57,12 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("redis-server is not installed (CI=true: servers are required)")
-        pytest.skip("redis-server is not installed")
-    workdir = tmp_path_factory.mktemp("redis-wire")
-    srv = Server(_free_port(), workdir / "redis.sock")
-    command = [
-        binary,
-        *("--port", str(srv.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-        *("--unixsocket", str(srv.sock), "--unixsocketperm", "700"),
-        *("--requirepass", PASSWORD, "--dir", str(workdir)),
-    ]
-    with (workdir / "server.log").open("ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    srv = Server(tmp_path_factory.mktemp("redis-wire"))
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, (workdir / "server.log").read_text()[-2000:]
-            try:
-                with srv.admin() as client:
-                    if client.ping():
-                        break
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "the private redis-server did not start"
-                time.sleep(0.05)
+        srv.start()
         yield srv
     finally:
-        proc.kill()
-        proc.wait(10)
+        srv.stop()
 
 
 def _run(coro: Any) -> Any:
@@ -283,7 +255,7 @@ def test_a_silent_server_times_out_connecting_and_reading() -> None:
             with pytest.raises(redis.TimeoutError):
                 await _call(conn, ("PING",))
             assert time.monotonic() - start < 2
-            refused = wire.Connection(wire.Endpoint(port=_free_port(), connect_timeout=1))
+            refused = wire.Connection(wire.Endpoint(port=free_port(), connect_timeout=1))
             with pytest.raises(redis.ConnectionError):
                 await _call(refused, ("PING",))
         finally:

@@ -22,16 +22,17 @@ def test_a_tcp_url_with_auth_db_and_options() -> None:
     client = make_client("redis://alice:s3cret@redis.example:6390/4", options)
     spec = raw_spec(client)
     assert spec is not None
-    assert spec.address == ("redis.example", 6390)
+    assert (spec.host, spec.port, spec.path) == ("redis.example", 6390, None)
     assert (spec.db, spec.username, spec.password) == (4, "alice", "s3cret")
     assert (spec.client_name, spec.timeout) == ("web-1", 2.5)
-    assert spec.describe() == "redis.example:6390"
+    assert spec.where == "redis.example:6390"
 
 
 def test_a_unix_socket_url() -> None:
     spec = raw_spec(make_client("redis+socket:///run/redis.sock?virtual_host=2", {}))
     assert spec is not None
-    assert (spec.address, spec.db, spec.password) == ("/run/redis.sock", 2, None)
+    assert (spec.path, spec.db, spec.password) == ("/run/redis.sock", 2, None)
+    assert spec.where == "/run/redis.sock"
 
 
 def test_tls_and_credential_providers_keep_pubsub() -> None:

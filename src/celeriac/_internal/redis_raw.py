@@ -6,10 +6,10 @@ client more CPU than the command itself. A ``RawConnection`` is a plain blocking
 ``hiredis.Reader``: one ``sendto`` per write and one ``recvfrom`` per read, the client's
 ``socket_timeout`` enforced by the kernel (``SO_RCVTIMEO``/``SO_SNDTIMEO``).
 
-- ``raw_spec(client)`` says where and how to connect, from a redis-py client's pool: plain TCP
-  and Unix sockets, with at most a username and password, on POSIX. TLS, Sentinel, credential
-  providers, custom connection classes, or no hiredis with RESP3 pushes: None, and the caller
-  keeps redis-py.
+- ``raw_spec(client)`` says where and how to connect: the ``Endpoint`` (``redis_endpoint``) of
+  a redis-py client's pool, plain TCP and Unix sockets with at most a username and password,
+  on POSIX. TLS, Sentinel, credential providers, custom connection classes, or no hiredis with
+  RESP3 pushes: None, and the caller keeps redis-py.
 - The handshake is one write: ``HELLO 3 [AUTH user pass] [SETNAME name]`` and ``SELECT db``.
   RESP3 lets a subscribed connection still run commands (``backends/redis_line.py``). A server
   that refuses ``HELLO 3`` (Redis < 6) raises ``Unsupported``: the caller falls back for good.
@@ -29,13 +29,13 @@ import contextlib
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis import exceptions as rexc
 
 from celeriac._internal import forks
+from celeriac._internal.redis_endpoint import Endpoint
 from celeriac._internal.redis_errors import error_of
 from celeriac._internal.resp import pack_command
 
@@ -48,28 +48,8 @@ class Unsupported(redis.RedisError):
     """The server refused ``HELLO 3`` (Redis < 6): use redis-py instead."""
 
 
-@dataclass(frozen=True, slots=True)
-class RawSpec:
-    """Where and how to connect: ``(host, port)`` or a Unix socket path, and the session."""
-
-    address: tuple[str, int] | str
-    db: int
-    username: str | None
-    password: str | None
-    client_name: str | None
-    connect_timeout: float | None
-    timeout: float | None
-    keepalive: bool
-    keepalive_options: dict[int, Any]
-
-    def describe(self) -> str:
-        if isinstance(self.address, str):
-            return self.address
-        return f"{self.address[0]}:{self.address[1]}"
-
-
-def raw_spec(client: redis.Redis) -> RawSpec | None:
-    """How to open ``RawConnection``s to ``client``'s server, or None (see the module doc)."""
+def raw_spec(client: redis.Redis) -> Endpoint | None:
+    """Where to open ``RawConnection``s to ``client``'s server, or None (see the module doc)."""
     if os.name != "posix":  # SO_RCVTIMEO's timeval and select.poll as used here
         return None
     try:
@@ -78,50 +58,23 @@ def raw_spec(client: redis.Redis) -> RawSpec | None:
         return None
     if not hasattr(hiredis, "PushNotification"):
         return None
-    pool = client.connection_pool
-    if type(pool) is not redis.ConnectionPool:
-        return None
-    kwargs: dict[str, Any] = pool.connection_kwargs
-    if kwargs.get("credential_provider") is not None or kwargs.get("redis_connect_func"):
-        return None
-    address: tuple[str, int] | str
-    if pool.connection_class is redis.Connection:
-        address = (str(kwargs.get("host") or "localhost"), int(kwargs.get("port") or 6379))
-    elif pool.connection_class is redis.UnixDomainSocketConnection:
-        address = str(kwargs["path"])
-    else:
-        return None
-    options = kwargs.get("socket_keepalive_options")
-    return RawSpec(
-        address=address,
-        db=int(kwargs.get("db") or 0),
-        username=kwargs.get("username"),
-        password=kwargs.get("password"),
-        client_name=kwargs.get("client_name"),
-        connect_timeout=kwargs.get("socket_connect_timeout"),
-        timeout=kwargs.get("socket_timeout"),
-        keepalive=bool(kwargs.get("socket_keepalive")),
-        keepalive_options=dict(options) if isinstance(options, dict) else {},
-    )
+    return Endpoint.from_client(client)
 
 
-def _connect(spec: RawSpec) -> socket.socket:
-    if isinstance(spec.address, str):
+def _connect(spec: Endpoint) -> socket.socket:
+    if spec.path is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(spec.connect_timeout)
-            sock.connect(spec.address)
+            sock.connect(spec.path)
         except BaseException:
             sock.close()
             raise
     else:
-        sock = socket.create_connection(spec.address, spec.connect_timeout)
+        sock = socket.create_connection((spec.host, spec.port), spec.connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if spec.keepalive:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                for option, value in spec.keepalive_options.items():
-                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            spec.set_keepalive(sock)
         except BaseException:
             sock.close()
             raise
@@ -137,7 +90,7 @@ def _connect(spec: RawSpec) -> socket.socket:
 class RawConnection:
     """One connected, authenticated RESP3 socket (see the module docstring)."""
 
-    def __init__(self, spec: RawSpec) -> None:
+    def __init__(self, spec: Endpoint) -> None:
         import hiredis
 
         self.spec = spec
@@ -151,7 +104,7 @@ class RawConnection:
             self.sock = _connect(spec)
         except OSError as exc:
             self.closed = True
-            raise redis.ConnectionError(f"Error connecting to {spec.describe()}: {exc}") from exc
+            raise redis.ConnectionError(f"Error connecting to {spec.where}: {exc}") from exc
         try:
             self._handshake()
         except BaseException:
@@ -174,7 +127,7 @@ class RawConnection:
         except (rexc.BusyLoadingError, rexc.AuthenticationError):
             raise
         except redis.ResponseError as exc:
-            raise Unsupported(f"HELLO 3 refused by {spec.describe()}: {exc}") from exc
+            raise Unsupported(f"HELLO 3 refused by {spec.where}: {exc}") from exc
         if spec.db:
             self.reply()
 
@@ -182,22 +135,20 @@ class RawConnection:
         try:
             self.sock.sendall(data)
         except BlockingIOError as exc:
-            raise redis.TimeoutError(f"Timeout writing to {self.spec.describe()}") from exc
+            raise redis.TimeoutError(f"Timeout writing to {self.spec.where}") from exc
         except OSError as exc:
-            raise redis.ConnectionError(f"Error writing to {self.spec.describe()}: {exc}") from exc
+            raise redis.ConnectionError(f"Error writing to {self.spec.where}: {exc}") from exc
 
     def fill(self) -> None:
         """Read what the socket holds (blocking up to ``socket_timeout``) into the reader."""
         try:
             data = self.sock.recv(_READ_SIZE)
         except BlockingIOError as exc:
-            raise redis.TimeoutError(f"Timeout reading from {self.spec.describe()}") from exc
+            raise redis.TimeoutError(f"Timeout reading from {self.spec.where}") from exc
         except OSError as exc:
-            raise redis.ConnectionError(
-                f"Error reading from {self.spec.describe()}: {exc}"
-            ) from exc
+            raise redis.ConnectionError(f"Error reading from {self.spec.where}: {exc}") from exc
         if not data:
-            raise redis.ConnectionError(f"Connection closed by {self.spec.describe()}")
+            raise redis.ConnectionError(f"Connection closed by {self.spec.where}")
         self.reader.feed(data)
 
     def reply(self) -> Any:

@@ -15,12 +15,16 @@ calls, one future per call whatever its length.
   ``redis.ConnectionError``; a call whose reply is later than its read deadline fails every
   pending call with ``redis.TimeoutError`` and drops the connection. The next call connects
   again. Both are what the ``Link`` reconnect policy retries.
-- Read deadline: ``Endpoint.timeout`` after the call was sent, plus the ``block`` seconds of a
-  blocking command (``BLMOVE`` ... ``t``). One timer checks the oldest pending call (the only
-  one that can be late: replies come in order), re-armed only when it fires.
-- Connecting: TCP host/port or a unix socket, within ``connect_timeout``; then AUTH
-  (username/password), CLIENT SETNAME, SELECT, and CLIENT ID (``client_id``, for CLIENT
-  UNBLOCK from another connection), in one write.
+- Where and how to connect: an ``Endpoint`` (``redis_endpoint``, shared with the client's raw
+  connection).
+- Read deadline: ``Endpoint.timeout`` (None: ``DEFAULT_TIMEOUT``) after the call was sent, plus
+  the ``block`` seconds of a blocking command (``BLMOVE`` ... ``t``). One timer checks the
+  oldest pending call (the only one that can be late: replies come in order), re-armed only
+  when it fires.
+- Connecting: TCP host/port (with the endpoint's keepalive) or a unix socket, within
+  ``connect_timeout`` (None: the read deadline); then AUTH (username/password), CLIENT SETNAME,
+  SELECT, and CLIENT ID (``client_id``, for CLIENT UNBLOCK from another connection), in one
+  write (``handshake``).
 - One event loop at a time: a connection made under another loop is dropped and made again.
 
 Imported only when the Redis transport picks it (``transports.redis_commands``).
@@ -31,15 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import socket
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
 from redis import exceptions as rex
 
+from celeriac._internal.redis_endpoint import Endpoint
 from celeriac._internal.redis_errors import error_of
 from celeriac._internal.resp import pack
 
@@ -47,45 +49,23 @@ from celeriac._internal.resp import pack
 DEFAULT_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and how to connect."""
+def read_timeout(endpoint: Endpoint) -> float:
+    """The read deadline of a call, seconds after it was sent (``DEFAULT_TIMEOUT``: none set)."""
+    return endpoint.timeout if endpoint.timeout else DEFAULT_TIMEOUT
 
-    host: str = "127.0.0.1"
-    port: int = 6379
-    #: a unix socket path (then ``host``/``port`` are not used)
-    path: str | None = None
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-    client_name: str | None = None
-    #: seconds to connect and authenticate (None: ``timeout``)
-    connect_timeout: float | None = None
-    #: read deadline of a call, seconds after it was sent (None: ``DEFAULT_TIMEOUT``)
-    timeout: float | None = None
-    keepalive: bool = False
-    keepalive_options: Mapping[int, int | bytes] = field(default_factory=dict)
 
-    @property
-    def where(self) -> str:
-        return self.path if self.path is not None else f"{self.host}:{self.port}"
-
-    @property
-    def read_timeout(self) -> float:
-        return self.timeout if self.timeout else DEFAULT_TIMEOUT
-
-    def handshake(self) -> list[tuple[Any, ...]]:
-        """The commands sent on a new connection, before any other."""
-        commands: list[tuple[Any, ...]] = []
-        if self.password is not None:
-            auth = (self.username, self.password) if self.username else (self.password,)
-            commands.append(("AUTH", *auth))
-        if self.client_name:
-            commands.append(("CLIENT", "SETNAME", self.client_name))
-        if self.db:
-            commands.append(("SELECT", self.db))
-        commands.append(("CLIENT", "ID"))
-        return commands
+def handshake(ep: Endpoint) -> list[tuple[Any, ...]]:
+    """The commands sent on a new connection, before any other."""
+    commands: list[tuple[Any, ...]] = []
+    if ep.password is not None:
+        auth = (ep.username, ep.password) if ep.username else (ep.password,)
+        commands.append(("AUTH", *auth))
+    if ep.client_name:
+        commands.append(("CLIENT", "SETNAME", ep.client_name))
+    if ep.db:
+        commands.append(("SELECT", ep.db))
+    commands.append(("CLIENT", "ID"))
+    return commands
 
 
 class _Call:
@@ -244,11 +224,10 @@ class Connection:
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         ep = self.endpoint
-        proto = _Protocol(loop, ep.where, ep.read_timeout)
+        timeout = read_timeout(ep)
+        proto = _Protocol(loop, ep.where, timeout)
         try:
-            replies = await asyncio.wait_for(
-                self._dial(loop, proto), ep.connect_timeout or ep.read_timeout
-            )
+            replies = await asyncio.wait_for(self._dial(loop, proto), ep.connect_timeout or timeout)
         except asyncio.TimeoutError as exc:
             proto.fail(rex.TimeoutError())
             raise rex.TimeoutError(f"Timeout connecting to {ep.where}") from exc
@@ -272,18 +251,11 @@ class Connection:
             await loop.create_unix_connection(lambda: proto, ep.path)
         else:
             await loop.create_connection(lambda: proto, ep.host, ep.port)
-            self._keepalive(proto)
-        handshake = ep.handshake()
-        return await proto.send(pack(handshake), len(handshake))
-
-    def _keepalive(self, proto: _Protocol) -> None:
-        ep = self.endpoint
-        sock = proto.transport.get_extra_info("socket") if proto.transport else None
-        if sock is None or not ep.keepalive:
-            return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in ep.keepalive_options.items():
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            sock = proto.transport.get_extra_info("socket") if proto.transport else None
+            if sock is not None:
+                ep.set_keepalive(sock)
+        commands = handshake(ep)
+        return await proto.send(pack(commands), len(commands))
 
     def close(self) -> None:
         """Drop the connection; pending calls raise ``redis.ConnectionError``."""

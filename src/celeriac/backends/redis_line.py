@@ -34,9 +34,10 @@ from typing import Any
 
 import redis
 
-from celeriac._internal.redis_raw import MORE, RawConnection, RawSpec, Unsupported, raw_spec
+from celeriac._internal.redis_endpoint import Endpoint
+from celeriac._internal.redis_raw import MORE, RawConnection, Unsupported, raw_spec
 
-__all__ = ["RawSpec", "Unsupported", "WatchLine", "raw_spec"]
+__all__ = ["Unsupported", "WatchLine", "raw_spec"]
 
 #: ``_drain`` found no message on the channel
 _NOTHING = object()
@@ -46,7 +47,7 @@ _FIRST_RECHECK = 0.05
 class WatchLine(RawConnection):
     """One RESP3 connection a thread waits on (see the module docstring)."""
 
-    def __init__(self, spec: RawSpec) -> None:
+    def __init__(self, spec: Endpoint) -> None:
         super().__init__(spec)
         #: the channel this connection is subscribed to (None: none)
         self.channel: bytes | None = None
@@ -63,7 +64,7 @@ class WatchLine(RawConnection):
             if reply is MORE:
                 return found
             if type(reply) is not push:
-                raise redis.ConnectionError(f"Unexpected reply from {self.spec.describe()}")
+                raise redis.ConnectionError(f"Unexpected reply from {self.spec.where}")
             if len(reply) == 3 and reply[0] == b"message" and reply[1] == channel:
                 found = reply[2]
 

@@ -42,7 +42,8 @@ import redis
 from redis.client import PubSub
 
 from celeriac._internal import forks
-from celeriac.backends.redis_line import RawSpec, Unsupported, WatchLine, raw_spec
+from celeriac._internal.redis_endpoint import Endpoint
+from celeriac.backends.redis_line import Unsupported, WatchLine, raw_spec
 
 
 def _as_bytes(value: Any) -> bytes | None:
@@ -56,7 +57,7 @@ class Watcher:
         self._client = client
         self.recheck = recheck
         #: how to open ``WatchLine``s; None: ``PubSub`` (not possible, not wanted, or refused)
-        self.spec: RawSpec | None = raw_spec(client) if raw else None
+        self.spec: Endpoint | None = raw_spec(client) if raw else None
         self._local = threading.local()
         self._lock = threading.Lock()
         #: every thread's connection, for ``close``; weak: a finished thread's connection is
@@ -80,7 +81,7 @@ class Watcher:
 
     # -- raw RESP3 line ------------------------------------------------------------------------
     def _watch_line(
-        self, spec: RawSpec, full: str, previous: bytes | None, deadline: float
+        self, spec: Endpoint, full: str, previous: bytes | None, deadline: float
     ) -> bytes | None:
         local = self._local
         line: WatchLine | None = getattr(local, "line", None)

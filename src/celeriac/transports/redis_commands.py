@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from celeriac.transports.redis_keys import CLIENT_OPTIONS, Core, client_kwargs
 
 if TYPE_CHECKING:
-    from celeriac._internal.redis_wire import Endpoint
+    from celeriac._internal.redis_endpoint import Endpoint
 
 #: options the lean connection reads or has no use for (any other: redis.asyncio)
 LEAN_OPTIONS = frozenset(
@@ -51,8 +51,6 @@ LEAN_OPTIONS = frozenset(
         "max_connections",
     }
 )
-#: what a redis-py URL may hold for the lean connection
-LEAN_URL_PARTS = frozenset({"host", "port", "path", "db", "username", "password"})
 
 
 class Commands(Protocol):
@@ -123,36 +121,16 @@ def lean_endpoint(core: Core, options: Mapping[str, Any]) -> Endpoint | None:
     url = core.parsed.client_url
     if url is None or not options.get("lean_connection", True):
         return None
-    if url.partition("://")[0] not in ("redis", "unix"):
-        return None
-    from redis.connection import UnixDomainSocketConnection, parse_url
-
     try:
-        from celeriac._internal.redis_wire import Endpoint
-    except ImportError:  # no hiredis
+        import celeriac._internal.redis_wire  # noqa: F401  (needs hiredis)
+    except ImportError:
         return None
-    parts = dict(parse_url(url))  # type: ignore[no-untyped-call]
-    if parts.pop("connection_class", UnixDomainSocketConnection) is not UnixDomainSocketConnection:
+    from celeriac._internal.redis_endpoint import Endpoint
+
+    if not {k for k in options if k in CLIENT_OPTIONS} <= LEAN_OPTIONS:
         return None
-    client_options = {k for k in options if k in CLIENT_OPTIONS}
-    if not set(parts) <= LEAN_URL_PARTS or not client_options <= LEAN_OPTIONS:
-        return None
-    # as redis-py's ``from_url``: what the URL says wins over the options
-    settings = {**{k: options[k] for k in ("username", "password") if k in options}, **parts}
-    timeout: float | None = client_kwargs(options, core.opts).get("socket_timeout")
-    return Endpoint(
-        host=str(settings.get("host", "localhost")),
-        port=int(settings.get("port", 6379)),
-        path=settings.get("path"),
-        username=settings.get("username"),
-        password=settings.get("password"),
-        db=int(settings.get("db", 0) or 0),
-        client_name=options.get("client_name"),
-        connect_timeout=options.get("socket_connect_timeout"),
-        timeout=timeout,
-        keepalive=bool(options.get("socket_keepalive")),
-        keepalive_options=dict(options.get("socket_keepalive_options") or {}),
-    )
+    # the socket_timeout redis-py's client gets: the lean connection's read deadline
+    return Endpoint.from_url(url, client_kwargs(options, core.opts))
 
 
 def commands_for(core: Core, options: Mapping[str, Any], client: aioredis.Redis) -> Commands:
