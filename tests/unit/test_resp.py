@@ -40,12 +40,20 @@ def test_pack_joins_commands_in_order() -> None:
     )
 
 
+def test_many_small_arguments_and_a_few_large_ones_pack_alike() -> None:
+    many_small = ("EVALSHA", "sha", 2, *[b"v" * 40] * 300)
+    large = ("LPUSH", "q", *[b"m" * 1300] * 200)
+    assert resp._size(many_small) < resp.LARGE < resp._size(large)
+    for args in (many_small, large):
+        assert resp.pack_command(args) == hiredis.pack_command(args)
+
+
 def test_a_memoryview_or_bytearray_is_sent_as_its_bytes() -> None:
-    args = ("SET", *[bytearray(b"ab")] * (resp.SHORT + 1))
-    assert resp.pack_command(args).count(b"$2\r\nab\r\n") == resp.SHORT + 1
+    args = ("SET", *[bytearray(b"a" * 1000)] * (resp.SHORT + 1), "x" * resp.LARGE)
+    assert resp.pack_command(args).count(b"$1000\r\n" + b"a" * 1000) == resp.SHORT + 1
 
 
 @pytest.mark.parametrize("bad", [True, None, object()])
 def test_an_argument_of_another_type_is_refused(bad: object) -> None:
     with pytest.raises(TypeError, match="must be str, int, float or bytes"):
-        resp.pack_command(("SET", *[bad] * (resp.SHORT + 1)))
+        resp.pack_command(("SET", *[bad] * (resp.SHORT + 1), "x" * resp.LARGE))
