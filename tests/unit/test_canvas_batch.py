@@ -89,3 +89,35 @@ def test_mixed_tasks_and_a_parent_root(app: Celeriac) -> None:
     sig = group(members, app=app)
     sig.freeze(root_id="11111111-1111-1111-1111-111111111111")
     assert _same(app, sig) == 5
+
+
+def test_members_without_options_plan_as_the_general_merge_does(app: Celeriac) -> None:
+    """``group._plan_plain`` takes a short way for members without options of their own; its
+    calls must be the general merge's (``Signature._call``) for every member shape."""
+    from celeriac.canvas.base import Membership, freeze_options
+
+    add = app.tasks["batch.add"]
+    members = [
+        add.s(1, 2),
+        add.s(1),
+        add.s(y=3),
+        add.si(4, 5),
+        add.si(4, y=5),
+        add.s(),
+    ]
+    at = Membership(None, {"task": "batch.tsum"}, "root-1", "parent-1", None)
+    for group_args, group_kwargs in [((), {}), ((7,), {}), ((), {"y": 8})]:
+        grp = group(members, app=app)
+        plan = Plan(app)
+        grp._plan_plain(plan, "gid-1", at, group_args, group_kwargs, {})
+        for index, (member, call) in enumerate(zip(grp.tasks, plan.calls, strict=True)):
+            own: dict[str, Any] = {"task_id": call.options["task_id"]}
+            freeze_options(own, None, "gid-1", at, index)
+            general = member._call((*group_args,), group_kwargs, {}, own)
+            assert (call.name, call.args, call.kwargs) == (
+                general.name,
+                general.args,
+                general.kwargs,
+            ), member
+            assert call.options == general.options
+            assert list(call.options) == list(general.options)  # the same order too
