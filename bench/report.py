@@ -220,6 +220,11 @@ def targets(samples: Samples) -> list[tuple[str, str, bool | None]]:
         ("enqueue bulk >= 40,000/s", m("enqueue.bulk"), 40000, True),
         ("drain with results (-c 2) >= 6,000/s", drain, 6000, True),
         ("round trip p50 <= 2.5x raw PING p50 (same run)", m("rtt.p50"), 2.5 * raw_rtt, False),
+        # the issue's own figure for that limit (it took a raw round trip of ~0.5 ms; the
+        # PING here is ~0.1 ms, below the echo through a second process, the floor of any
+        # task round trip): both are printed, neither replaces the other
+        ("round trip p50 <= 1.2 ms (the issue's figure for that limit)", m("rtt.p50"), 1.2,
+         False),
         ("round trip p99 <= 3 ms", m("rtt.p99"), 3.0, False),
         ("idle RSS below Celery's", m("idle.rss"), m("idle.rss", "celery"), False),
         ("import celeriac < 100 ms", m("import.pkg"), 100, False),
