@@ -130,6 +130,7 @@ def round_jobs(frameworks: list[str], sizes: Sizes, pools: list[str]) -> list[Jo
                 scenario="enqueue",
                 params={"count": sizes.enqueue},
                 fields={"single_rate": "enqueue.single", "bulk_rate": "enqueue.bulk",
+                        "single_vs_raw": "enqueue.single_vs_raw",
                         "message_bytes": "message.bytes"},
             )
         )  # fmt: skip

@@ -39,6 +39,12 @@ class Row:
 
 COMPARED = [
     Row("enqueue.single", "enqueue: delay() loop, one client", "tasks/s"),
+    Row(
+        "enqueue.single_vs_raw",
+        "  its rate / raw redis-py LPUSH rate, side by side",
+        "x",
+        context=True,
+    ),
     Row("enqueue.bulk", "enqueue: bulk path, one client", "tasks/s"),
     Row(
         "drain.results.threads",
@@ -217,6 +223,8 @@ def targets(samples: Samples) -> list[tuple[str, str, bool | None]]:
     checks = [
         ("enqueue delay() >= 0.8x raw single LPUSH", m("enqueue.single"),
          0.8 * m("raw.lpush_single", "raw"), True),
+        ("enqueue delay() >= 0.8x raw single LPUSH, side by side in one job",
+         m("enqueue.single_vs_raw"), 0.8, True),
         ("enqueue bulk >= 40,000/s", m("enqueue.bulk"), 40000, True),
         ("drain with results (-c 2) >= 6,000/s", drain, 6000, True),
         ("round trip p50 <= 2.5x raw PING p50 (same run)", m("rtt.p50"), 2.5 * raw_rtt, False),

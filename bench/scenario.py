@@ -59,11 +59,9 @@ def enqueue(adapter: frameworks.Adapter, count: int, task: str = "add") -> dict[
         adapter.delay(task, i, i)
     for send in paths.values():
         send(task, 10)
+    payload = b"x" * (adapter.message_bytes(client) or 1)
     _flush()
-    start = time.perf_counter()
-    for i in range(count):
-        adapter.delay(task, i, i)
-    single = time.perf_counter() - start
+    single, raw_single = _delay_beside_raw(adapter, task, count, client, payload)
     queued = adapter.queued(client)
     if queued != count:
         raise RuntimeError(f"delay() loop: {queued} queued, not {count}")
@@ -71,6 +69,8 @@ def enqueue(adapter: frameworks.Adapter, count: int, task: str = "add") -> dict[
     _flush()
     result: dict[str, Any] = {
         "single_rate": count / single,
+        "raw_single_rate": count / raw_single,
+        "single_vs_raw": raw_single / single,
         "message_bytes": size,
         "bulk": {},
     }
@@ -87,6 +87,36 @@ def enqueue(adapter: frameworks.Adapter, count: int, task: str = "add") -> dict[
         best = max(result["bulk"], key=result["bulk"].get)
         result["bulk_rate"], result["bulk_path"] = result["bulk"][best], best
     return result
+
+
+#: blocks of the ``delay()`` loop, each followed by as many raw LPUSHes
+PAIRED_BLOCKS = 5
+#: where the raw LPUSHes beside the ``delay()`` loop go (deleted after)
+RAW_KEY = "bench:raw-beside-delay"
+
+
+def _delay_beside_raw(
+    adapter: frameworks.Adapter, task: str, count: int, client: Any, payload: bytes
+) -> tuple[float, float]:
+    """Seconds of ``count`` ``delay()`` calls and of ``count`` plain redis-py ``LPUSH`` of a
+    message of the same size, in alternating blocks in this process: on a VM whose lone round
+    trips swing with the other vCPU's load, the ratio of the two is only meaningful when they
+    run side by side (the raw ceiling job runs minutes apart)."""
+    single = raw = 0.0
+    done = 0
+    for block in range(PAIRED_BLOCKS):
+        size = count // PAIRED_BLOCKS if block < PAIRED_BLOCKS - 1 else count - done
+        start = time.perf_counter()
+        for i in range(done, done + size):
+            adapter.delay(task, i, i)
+        single += time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(size):
+            client.lpush(RAW_KEY, payload)
+        raw += time.perf_counter() - start
+        done += size
+    client.delete(RAW_KEY)
+    return single, raw
 
 
 def _wait_done(
