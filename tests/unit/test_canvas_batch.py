@@ -92,8 +92,8 @@ def test_mixed_tasks_and_a_parent_root(app: Celeriac) -> None:
 
 
 def test_members_without_options_plan_as_the_general_merge_does(app: Celeriac) -> None:
-    """``group._plan_plain`` takes a short way for members without options of their own; its
-    calls must be the general merge's (``Signature._call``) for every member shape."""
+    """``group._plan_plain`` plans all members in one pass; its calls must be what freezing
+    each member and ``Signature._call`` give, for every member shape."""
     from celeriac.canvas.base import Membership, freeze_options
 
     add = app.tasks["batch.add"]

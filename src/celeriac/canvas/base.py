@@ -222,10 +222,18 @@ class Signature(dict[str, Any], Generic[R]):
     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
         """(args, kwargs, options) of a call: ``args`` prepended (unless immutable), the rest
         merged over the signature's own (``own``: a copy of its options already made)."""
-        merged_options = {**(copy_options(self.options) if own is None else own), **options}
-        if self.immutable:
-            return self.args, self.kwargs, merged_options
-        return partial_args(self, args), {**self.kwargs, **(kwargs or {})}, merged_options
+        if own is None:
+            merged_options = {**copy_options(self.options), **options}
+        else:  # the caller's own copy: updated in place, not copied again
+            merged_options = own
+            if options:
+                merged_options.update(options)
+        get = self.get
+        own_args, own_kwargs = get("args") or (), get("kwargs") or {}
+        if get("immutable"):
+            return tuple(own_args), dict(own_kwargs), merged_options
+        new_kwargs = {**own_kwargs, **kwargs} if kwargs else dict(own_kwargs)
+        return (*(args or ()), *own_args), new_kwargs, merged_options
 
     def clone(
         self, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None, **opts: Any
@@ -370,9 +378,11 @@ class Signature(dict[str, Any], Generic[R]):
     ) -> Call:
         """The ``Call`` that ``_plan`` adds (``args`` prepended, options merged)."""
         new_args, new_kwargs, opts = self._merge(args, kwargs, options, own)
-        for key in NOT_OPTIONS:
-            opts.pop(key, None)
-        opts["task_id"] = opts.get("task_id") or new_id()
+        if opts:
+            for key in NOT_OPTIONS:
+                opts.pop(key, None)
+        if not opts.get("task_id"):
+            opts["task_id"] = new_id()
         return Call(self.task, new_args, new_kwargs, opts)
 
     # -- calling -------------------------------------------------------------------------------

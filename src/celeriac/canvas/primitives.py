@@ -15,7 +15,6 @@ from typing_extensions import Self
 from celeriac._internal.ids import new_id
 from celeriac.canvas.base import (
     TYPES,
-    Call,
     Membership,
     Plan,
     Signature,
@@ -310,24 +309,10 @@ class group(_TaskList):
         member_args = partial_args(self, args)
         app, calls = self._app, plan.calls
         results: list[AsyncResult[Any]] = []
-        # what freeze_options writes in a member without options of its own, but its task id
-        # and group_index: such members (a bulk send's) skip the general merge
-        fixed: dict[str, Any] = {}
-        freeze_options(fixed, "-", join_id, at, None)
-        del fixed["task_id"]
         for member in self.tasks:
-            if member.get("options") or options:
-                own = copy_options(member.options)
-                freeze_options(own, None, join_id, at, index)
-                call = member._call(member_args, kwargs, options, own)
-            else:
-                own = {"task_id": new_id(), **fixed, "group_index": index}
-                own_args, own_kwargs = member.get("args") or (), member.get("kwargs")
-                if member.get("immutable"):
-                    call = Call(member["task"], tuple(own_args), dict(own_kwargs or {}), own)
-                else:
-                    merged = {**own_kwargs, **kwargs} if own_kwargs else dict(kwargs)
-                    call = Call(member["task"], (*member_args, *own_args), merged, own)
+            own = copy_options(member.get("options") or {})
+            freeze_options(own, None, join_id, at, index)
+            call = member._call(member_args, kwargs, options, own)
             calls.append(call)
             results.append(AsyncResult(call.options["task_id"], app=app, task_name=call.name))
             index += 1
