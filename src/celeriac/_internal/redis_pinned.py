@@ -6,14 +6,15 @@ on this project's machines, a third of what a single ``LPUSH`` costs its caller 
 ``PinnedConnection.execute`` sends the command on a connection it keeps, and reads the reply.
 
 - Where the URL allows (``redis_raw.raw_spec``: plain TCP/Unix, a username/password or none)
-  the kept connection is a ``RawConnection``: the command packed by hiredis, one ``sendto`` and
+  the kept connection is a ``RawConnection``: the command packed by ``resp``, one ``sendto`` and
   one ``recvfrom`` (redis-py's socket in timeout mode adds a ``poll`` to each, and its encoder
   and parser layers ~10 us). Otherwise (TLS, Sentinel, ...) or on a server without RESP3 it is
   a connection of the client's pool, used directly.
 - ``execute_many`` sends several commands in one write (a bulk publish), packed by ``resp``
-  (hiredis is ten times slower on a long ``LPUSH``), and returns their replies in order.
+  (hiredis is ten times slower on a long ``LPUSH``), and returns their replies in order;
+  ``execute`` is the same exchange with one command (one path for both, ``_exchange_kept``).
 - Threads: the connection is used by one caller at a time; a caller that finds it busy uses the
-  client's pool as before (``execute_command``). So nothing is kept per thread (a program that
+  client's pool as before (``execute_command``; ``execute_many``: a pool connection). So nothing is kept per thread (a program that
   starts a thread per request leaks nothing) and concurrent callers never wait for each other.
 - A connection that fails (reset, refused, timed out) is dropped and the command tried once more
   on a fresh one at once, as redis-py's own retry does (a server restart leaves the kept
@@ -38,7 +39,7 @@ import redis
 from celeriac._internal import forks
 from celeriac._internal.redis_link import RETRYABLE
 from celeriac._internal.redis_raw import RawConnection, Unsupported, raw_spec
-from celeriac._internal.resp import pack
+from celeriac._internal.resp import pack, pack_command
 
 
 class PinnedConnection:
@@ -62,12 +63,12 @@ class PinnedConnection:
         if not self._enabled or not self._lock.acquire(blocking=False):
             return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         try:
-            try:
-                return self._once(args)
-            except RETRYABLE:
-                return self._once(args)
+            reply = self._kept(pack_command(args), 1)[0]
         finally:
             self._lock.release()
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
 
     def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """The replies of ``commands``, sent in one write (packed by ``resp.pack``: a long
@@ -79,10 +80,7 @@ class PinnedConnection:
         if not self._enabled or not self._lock.acquire(blocking=False):
             return self._on_pool(packed, len(commands))
         try:
-            try:
-                return self._many(packed, len(commands))
-            except RETRYABLE:
-                return self._many(packed, len(commands))
+            return self._kept(packed, len(commands))
         finally:
             self._lock.release()
 
@@ -94,36 +92,18 @@ class PinnedConnection:
         finally:
             pool.release(conn)
 
-    def _once(self, args: tuple[Any, ...]) -> Any:
-        if self._spec is not None:
-            return self._raw(args)
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self._client.connection_pool.get_connection()
+    def _kept(self, packed: bytes, count: int) -> list[Any]:
+        """``_exchange_kept``, tried once more at once on a fresh connection when the kept one
+        failed (as redis-py's own retry: a server restart leaves it stale)."""
         try:
-            conn.send_packed_command(conn.pack_command(*args))
-            return conn.read_response()
-        except redis.ResponseError:
-            raise  # the whole reply was read: the connection is in step
-        except BaseException:
-            conn.disconnect()  # reconnects on its next command
-            raise
+            return self._exchange_kept(packed, count)
+        except RETRYABLE:
+            return self._exchange_kept(packed, count)
 
-    def _raw(self, args: tuple[Any, ...]) -> Any:
-        conn = self._raw_connection()
-        if conn is None:  # the server has no RESP3: the pool's connection
-            return self._once(args)
-        try:
-            conn.send(conn.pack(args))
-            return conn.reply()
-        except redis.ResponseError:
-            raise  # the whole reply was read: the connection is in step
-        except BaseException:
-            conn.close()
-            self._conn = None
-            raise
-
-    def _many(self, packed: bytes, count: int) -> list[Any]:
+    def _exchange_kept(self, packed: bytes, count: int) -> list[Any]:
+        """Send ``packed`` on the kept connection (opened if need be) and read ``count``
+        replies; a failure drops the connection, so a half-read reply never answers the next
+        command."""
         conn = self._raw_connection() if self._spec is not None else None
         if conn is None:
             kept = self._conn
