@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis_server_support import RedisServer, wait_until
+from thread_support import Background
 
 from celeriac.backends.base import AsyncResultBackend, ResultBackend
 from celeriac.backends.redis import AsyncRedisStore, RedisStore
@@ -67,33 +67,6 @@ def outage_logs(caplog: pytest.LogCaptureFixture, where: str) -> tuple[int, int]
     )
 
 
-class Background:
-    """Runs ``func`` on a thread; ``done_at`` is when it returned."""
-
-    def __init__(self, func: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done_at: float | None = None
-        self._func = func
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self._func()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.done_at = time.monotonic()
-
-    def join(self, timeout: float) -> Any:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"still running after {timeout} s"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
 # -- reconnect: the sync driver ----------------------------------------------------------------
 def test_sync_transport_rides_out_a_restart(
     server: RedisServer, caplog: pytest.LogCaptureFixture
@@ -121,10 +94,10 @@ def test_sync_transport_rides_out_a_restart(
         restarted = time.monotonic()
         server.start()
         for call in (acking, publishing, fetching):
-            call.join(RECOVERY)
-            assert call.done_at is not None and call.done_at - restarted < RECOVERY
+            call.result(RECOVERY)
+            assert call.ended is not None and call.ended - restarted < RECOVERY
 
-        got = fetching.result
+        got = fetching.value
         while len(got) < 7 and time.monotonic() - restarted < RECOVERY:
             got += consumer.fetch(["q"], 10, 0.5)
         # everything not acknowledged is delivered exactly once, nothing acknowledged returns
@@ -155,8 +128,8 @@ def test_sync_store_rides_out_a_restart(
         wait_until(lambda: store._link.down_since is not None, 5, "store saw the outage")
         restarted = time.monotonic()
         server.start()
-        writing.join(RECOVERY)
-        assert writing.done_at is not None and writing.done_at - restarted < RECOVERY
+        writing.result(RECOVERY)
+        assert writing.ended is not None and writing.ended - restarted < RECOVERY
         assert store.mget(["before", "during"]) == [b"1", b"2"]
     finally:
         store.close()
@@ -309,8 +282,8 @@ def test_sentinel_url_and_failover(
         died = time.monotonic()
         acking = Background(lambda: transport.ack([first]))
         reading = Background(lambda: store.get("k"))
-        acking.join(RECOVERY)
-        assert reading.join(RECOVERY) == b"v"
+        acking.result(RECOVERY)
+        assert reading.result(RECOVERY) == b"v"
         assert sentinel.master_port() == replica.port
         assert time.monotonic() - died < RECOVERY
         [second] = transport.fetch(["q"], 1, 5.0)

@@ -15,12 +15,13 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis_server_support import RedisServer, wait_until
+from thread_support import Background
 
 from celeriac import states
 from celeriac._internal.redis_pinned import PinnedConnection
@@ -122,31 +123,6 @@ def success(task_id: str, value: Any = 42) -> ResultMeta:
     return ResultMeta(task_id=task_id, status=states.SUCCESS, result=value, children=[])
 
 
-class Background:
-    """``func()`` in a thread; ``result(timeout)`` re-raises its exception."""
-
-    def __init__(self, func: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.ended = 0.0
-        self.thread = threading.Thread(target=self._run, args=(func,), daemon=True)
-        self.thread.start()
-
-    def _run(self, func: Callable[[], Any]) -> None:
-        try:
-            self.value = func()
-        except BaseException as exc:
-            self.error = exc
-        self.ended = time.monotonic()
-
-    def result(self, timeout: float) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), f"still waiting after {timeout} s"
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
 # -- get() ---------------------------------------------------------------------------------------
 def test_a_ready_result_is_returned_by_the_first_read(
     store: RedisStore, admin: Any, path: str
@@ -221,7 +197,7 @@ def test_a_delete_during_the_wait_is_seen(
     deleted = time.monotonic()
     writer.delete(["gone"])  # publishes nothing: seen by a re-read
     assert waiter.result(10) is None
-    assert waiter.ended - deleted < RECHECK_SECONDS + 0.5
+    assert waiter.ended is not None and waiter.ended - deleted < RECHECK_SECONDS + 0.5
 
 
 def test_an_expiry_during_the_wait_is_seen(store: RedisStore, writer: RedisStore) -> None:
