@@ -14,8 +14,9 @@ on this project's machines, a third of what a single ``LPUSH`` costs its caller 
   (hiredis is ten times slower on a long ``LPUSH``), and returns their replies in order;
   ``execute`` is the same exchange with one command (one path for both, ``_exchange_kept``).
 - Threads: the connection is used by one caller at a time; a caller that finds it busy uses the
-  client's pool as before (``execute_command``; ``execute_many``: a pool connection). So nothing is kept per thread (a program that
-  starts a thread per request leaks nothing) and concurrent callers never wait for each other.
+  client's pool as before (``execute_command``; ``execute_many``: a pool connection). So
+  nothing is kept per thread (a program that starts a thread per request leaks nothing) and
+  concurrent callers never wait for each other.
 - A connection that fails (reset, refused, timed out) is dropped and the command tried once more
   on a fresh one at once, as redis-py's own retry does (a server restart leaves the kept
   connection stale); a second failure is raised for the caller's ``Link`` policy to handle. A
